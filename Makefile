@@ -1,0 +1,37 @@
+# eds: enterprise data services for a PostgreSQL loan platform (PGXS build)
+
+EXTENSION    = eds
+EXTVERSION   = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" eds.control)
+MODULE_big   = eds
+OBJS         = src/eds.o src/audit.o src/row_jsonb.o src/updated_at.o src/drop_guard.o
+DATA         = eds--1.0.sql
+PGFILEDESC   = "eds - loan platform audit, ETL and replication health"
+
+# Tests: pg_regress per topic, isolation specs, TAP. Every suite needs eds and
+# pg_cron preloaded, so the SQL suites run on a temporary instance.
+REGRESS      = schema audit post_payment generator privileges drop_guard
+REGRESS_OPTS = --temp-config=$(srcdir)/test/eds-regress.conf --temp-instance=./tmp_check --load-extension=eds
+ISOLATION    = read_committed repeatable_read serializable for_update post_payment_race
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/eds-regress.conf --temp-instance=./tmp_check_iso --load-extension=eds
+TAP_TESTS    = 1
+
+PG_CONFIG   ?= pg_config
+PGXS        := $(shell $(PG_CONFIG) --pgxs)
+
+PG_CPPFLAGS  = -I$(libpq_srcdir) -Isrc
+PG_CFLAGS    = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror=implicit-function-declaration
+SHLIB_LINK_INTERNAL = $(libpq)
+
+include $(PGXS)
+
+# ---- project commands (the README's two commands) -------------------------
+.PHONY: demo test bootstrap cluster-up cluster-down
+
+bootstrap:
+	bin/eds-bootstrap
+
+demo:
+	bin/eds-demo
+
+test:
+	bin/eds-test

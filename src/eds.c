@@ -1,0 +1,55 @@
+/*-------------------------------------------------------------------------
+ *
+ * eds.c
+ *		Module entry point: settings and the initialisation of each part.
+ *
+ * eds works best preloaded (shared_preload_libraries = 'pg_cron,eds'),
+ * which is what arms the DROP EXTENSION guard in every backend.  It must
+ * still load without preloading, because its trigger functions load the
+ * library on first use; so _PG_init never raises an error.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/guc.h"
+
+#include "eds.h"
+
+PG_MODULE_MAGIC;
+
+/* Who the audit trail names as actor; set per transaction by the app. */
+char	   *eds_actor = NULL;
+
+/* Escape hatch for dropping eds while its tables still hold rows. */
+bool		eds_allow_drop_with_data = false;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("eds.actor",
+							   "Name of the person or service behind the current transaction, for the audit trail.",
+							   "Behind a transaction-pooling PgBouncer set it with SET LOCAL; "
+							   "when empty the audit trail records session_user.",
+							   &eds_actor,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("eds.allow_drop_with_data",
+							 "Allows DROP EXTENSION eds (or a cascading drop) to delete eds tables that hold rows.",
+							 NULL,
+							 &eds_allow_drop_with_data,
+							 false,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("eds");
+
+	eds_drop_guard_init();
+}
