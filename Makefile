@@ -3,7 +3,8 @@
 EXTENSION    = eds
 EXTVERSION   = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" eds.control)
 MODULE_big   = eds
-OBJS         = src/eds.o src/audit.o src/row_jsonb.o src/updated_at.o src/drop_guard.o
+OBJS         = src/eds.o src/util.o src/audit.o src/row_jsonb.o src/updated_at.o src/drop_guard.o src/capture.o \
+               src/remote.o src/etl.o src/worker.o src/progress.o src/source.o src/reconcile.o
 DATA         = eds--1.0.sql
 PGFILEDESC   = "eds - loan platform audit, ETL and replication health"
 

@@ -552,6 +552,755 @@ COMMENT ON FUNCTION eds_generate_demo_data(integer, integer, integer, integer) I
 	'Fills empty operational tables with realistic, deterministic demo data (Kenyan customers, branches, M-Pesa payments, 2023-2026)';
 REVOKE ALL ON FUNCTION eds_generate_demo_data(integer, integer, integer, integer) FROM PUBLIC;
 
+-- ===========================================================================
+-- Change capture (source side): one row per changed key, per transaction
+-- ===========================================================================
+CREATE TABLE eds.change_log (
+	event_id	bigserial PRIMARY KEY,
+	txid		xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+	table_name	text NOT NULL,
+	op			"char" NOT NULL CHECK (op IN ('I', 'U', 'D')),
+	pk			bigint NOT NULL
+);
+COMMENT ON TABLE eds.change_log IS 'Keys changed on the source, with the 64-bit id of the changing transaction; read by eds_run_etl() through xid8 snapshot watermarks';
+CREATE INDEX change_log_txid_idx ON eds.change_log (txid);
+
+-- Who extracted what from this source, up to where (written by the ETL).
+CREATE TABLE eds.etl_consumers (
+	consumer		text PRIMARY KEY,
+	watermark		xid8 NOT NULL,
+	last_extract_at	timestamptz NOT NULL,
+	last_run_id		bigint,
+	rows_read		bigint,
+	extracted_by	text NOT NULL
+);
+COMMENT ON TABLE eds.etl_consumers IS 'Each warehouse that extracts from this source: how far it has read (its xid8 watermark), when, as whom';
+
+-- The change log is purged below this point; a consumer behind it must
+-- reload.  One row once anything was purged (none means nothing was).
+CREATE TABLE eds.change_log_horizon (
+	id			integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+	purged_upto	xid8 NOT NULL
+);
+COMMENT ON TABLE eds.change_log_horizon IS 'The change log holds no entries below purged_upto';
+
+CREATE FUNCTION eds.capture_change() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eds_capture_change';
+COMMENT ON FUNCTION eds.capture_change() IS
+	'AFTER INSERT/UPDATE/DELETE row trigger: records the changed key in eds.change_log for the ETL';
+REVOKE ALL ON FUNCTION eds.capture_change() FROM PUBLIC;
+
+CREATE TRIGGER customers_capture AFTER INSERT OR UPDATE OR DELETE ON operational.customers
+	FOR EACH ROW EXECUTE FUNCTION eds.capture_change();
+CREATE TRIGGER loans_capture AFTER INSERT OR UPDATE OR DELETE ON operational.loans
+	FOR EACH ROW EXECUTE FUNCTION eds.capture_change();
+CREATE TRIGGER payments_capture AFTER INSERT OR UPDATE OR DELETE ON operational.payments
+	FOR EACH ROW EXECUTE FUNCTION eds.capture_change();
+
+-- ===========================================================================
+-- Warehouse side
+-- ===========================================================================
+CREATE SCHEMA staging;
+COMMENT ON SCHEMA staging IS 'eds: rows extracted by the running ETL, before they are merged';
+REVOKE ALL ON SCHEMA staging FROM PUBLIC;
+CREATE SCHEMA warehouse;
+COMMENT ON SCHEMA warehouse IS 'eds: the star schema that analysts query';
+CREATE SCHEMA audit;
+COMMENT ON SCHEMA audit IS 'eds: ETL run history and rejected rows';
+
+-- Staging: unlogged, emptied at the start of each run.
+CREATE UNLOGGED TABLE staging.stg_loan_products (
+	product_id integer, product_name text, product_type text
+);
+CREATE UNLOGGED TABLE staging.stg_customers (
+	customer_id bigint, full_name text, email text, phone text, national_id text, city text,
+	country text, segment text, created_at timestamptz, updated_at timestamptz,
+	is_deleted boolean, touched boolean, version_from timestamptz
+);
+CREATE UNLOGGED TABLE staging.stg_loans (
+	loan_id bigint, customer_id bigint, product_id integer, amount numeric(14,2),
+	interest_rate numeric(5,2), tenure_months integer, status text, outstanding_balance numeric(14,2),
+	disbursed_at timestamptz, maturity_date date, loan_officer text, branch_code text,
+	created_at timestamptz, updated_at timestamptz, is_deleted boolean, touched boolean
+);
+CREATE UNLOGGED TABLE staging.stg_payments (
+	payment_id bigint, loan_id bigint, amount numeric(14,2), principal_portion numeric(14,2),
+	interest_portion numeric(14,2), penalty_portion numeric(14,2), payment_method text,
+	payment_date timestamptz, created_at timestamptz, updated_at timestamptz,
+	is_deleted boolean, touched boolean, reject_reason text
+);
+
+CREATE TABLE warehouse.dim_date (
+	date_sk			integer PRIMARY KEY,
+	full_date		date NOT NULL UNIQUE,
+	day				smallint NOT NULL,
+	month			smallint NOT NULL,
+	month_name		text NOT NULL,
+	quarter			smallint NOT NULL,
+	year			smallint NOT NULL,
+	week_of_year	smallint NOT NULL,
+	day_name		text NOT NULL,
+	is_weekend		boolean NOT NULL,
+	is_month_end	boolean NOT NULL
+);
+INSERT INTO warehouse.dim_date
+SELECT to_char(d, 'YYYYMMDD')::integer, d, extract(day FROM d), extract(month FROM d),
+	   trim(to_char(d, 'Month')), extract(quarter FROM d), extract(year FROM d),
+	   extract(week FROM d), trim(to_char(d, 'Day')), extract(isodow FROM d) IN (6, 7),
+	   d = (date_trunc('month', d) + interval '1 month - 1 day')::date
+  FROM generate_series('2018-01-01'::date, '2050-12-31'::date, interval '1 day') AS g(t),
+	   LATERAL (SELECT t::date AS d) x;
+
+CREATE TABLE warehouse.dim_customer (
+	customer_sk		bigserial PRIMARY KEY,
+	customer_id		bigint NOT NULL,
+	version_no		integer NOT NULL,
+	full_name		text NOT NULL,
+	email			text,
+	phone			text,
+	city			text,
+	country			text,
+	segment			text NOT NULL,
+	effective_from	timestamptz NOT NULL,
+	effective_to	timestamptz NOT NULL DEFAULT 'infinity',
+	is_current		boolean NOT NULL DEFAULT true,
+	is_deleted		boolean NOT NULL DEFAULT false,
+	UNIQUE (customer_id, version_no),
+	CHECK (effective_to >= effective_from)
+);
+CREATE UNIQUE INDEX dim_customer_current_idx ON warehouse.dim_customer (customer_id) WHERE is_current;
+
+CREATE TABLE warehouse.dim_loan (
+	loan_sk			bigserial PRIMARY KEY,
+	loan_id			bigint NOT NULL UNIQUE,
+	customer_id		bigint NOT NULL,
+	product_name	text,
+	product_type	text,
+	amount			numeric(14,2) NOT NULL,
+	interest_rate	numeric(5,2) NOT NULL,
+	tenure_months	integer NOT NULL,
+	status			text NOT NULL,
+	branch_code		text,
+	loan_officer	text,
+	disbursed_at	timestamptz,
+	maturity_date	date,
+	is_deleted		boolean NOT NULL DEFAULT false
+);
+
+CREATE TABLE warehouse.dim_payment_method (
+	method_sk		smallint PRIMARY KEY,
+	method_code		text NOT NULL UNIQUE,
+	method_name		text NOT NULL
+);
+INSERT INTO warehouse.dim_payment_method VALUES
+	(0, 'unknown', 'Unknown'),
+	(1, 'mpesa', 'M-Pesa'),
+	(2, 'bank_transfer', 'Bank transfer'),
+	(3, 'cash', 'Cash'),
+	(4, 'cheque', 'Cheque'),
+	(5, 'online', 'Online');
+
+CREATE TABLE warehouse.fact_payments (
+	payment_id			bigint NOT NULL,
+	payment_date		timestamptz NOT NULL,
+	date_sk				integer NOT NULL REFERENCES warehouse.dim_date,
+	customer_sk			bigint NOT NULL,
+	loan_sk				bigint NOT NULL,
+	method_sk			smallint NOT NULL,
+	customer_id			bigint NOT NULL,
+	loan_id				bigint NOT NULL,
+	payment_amount		numeric(14,2) NOT NULL,
+	principal_portion	numeric(14,2) NOT NULL,
+	interest_portion	numeric(14,2) NOT NULL,
+	penalty_portion		numeric(14,2) NOT NULL,
+	customer_segment	text,
+	loan_status			text,
+	branch_code			text,
+	PRIMARY KEY (payment_id, payment_date)
+) PARTITION BY RANGE (payment_date);
+CREATE INDEX fact_payments_customer_idx ON warehouse.fact_payments (customer_id);
+CREATE INDEX fact_payments_loan_idx ON warehouse.fact_payments (loan_id);
+
+CREATE TABLE warehouse.fact_loans (
+	loan_id				bigint PRIMARY KEY,
+	loan_sk				bigint NOT NULL,
+	customer_sk			bigint NOT NULL,
+	customer_id			bigint NOT NULL,
+	principal_amount	numeric(14,2) NOT NULL,
+	outstanding_balance	numeric(14,2) NOT NULL,
+	total_paid			numeric(16,2) NOT NULL DEFAULT 0,
+	payment_count		bigint NOT NULL DEFAULT 0,
+	loan_status			text NOT NULL,
+	customer_segment	text,
+	branch_code			text,
+	disbursed_at		timestamptz,
+	is_active			boolean NOT NULL,
+	is_defaulted		boolean NOT NULL,
+	is_repaid			boolean NOT NULL
+);
+
+-- ETL state and history.  etl_state has its one row from the first load on
+-- (no row: nothing loaded yet), so pg_dump can carry it.
+CREATE TABLE audit.etl_state (
+	id				integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+	watermark		xid8 NOT NULL,
+	probe_inserts	boolean NOT NULL DEFAULT false,
+	last_success_run bigint
+);
+COMMENT ON TABLE audit.etl_state IS 'Where the warehouse stands: the source xid8 watermark it has loaded up to';
+
+CREATE TABLE audit.etl_runs (
+	run_id			bigserial PRIMARY KEY,
+	status			text NOT NULL CHECK (status IN ('running', 'success', 'failed', 'skipped')),
+	run_started_at	timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	run_finished_at	timestamptz,
+	mode			text,
+	requested_by	text NOT NULL DEFAULT pg_catalog.session_user(),
+	request_token	bigint,
+	source_server	text,
+	source_is_replica boolean,
+	from_txid		xid8,
+	to_txid			xid8,
+	source_lsn		pg_lsn,
+	source_time		timestamptz,
+	rows_read		bigint,
+	rows_inserted	bigint,
+	rows_updated	bigint,
+	rows_deleted	bigint,
+	rows_rejected	bigint,
+	table_counts	jsonb,
+	phase_ms		jsonb,
+	error_message	text,
+	error_detail	text,
+	note			text
+);
+CREATE INDEX etl_runs_started_idx ON audit.etl_runs (run_started_at);
+
+CREATE TABLE audit.etl_rejects (
+	reject_id	bigserial PRIMARY KEY,
+	run_id		bigint NOT NULL,
+	table_name	text NOT NULL,
+	source_key	bigint,
+	reason		text NOT NULL,
+	row_data	jsonb,
+	rejected_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX etl_rejects_run_idx ON audit.etl_rejects (run_id);
+
+SELECT pg_catalog.pg_extension_config_dump('eds.change_log', '');
+SELECT pg_catalog.pg_extension_config_dump('eds.change_log_event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eds.etl_consumers', '');
+SELECT pg_catalog.pg_extension_config_dump('warehouse.dim_customer', '');
+SELECT pg_catalog.pg_extension_config_dump('warehouse.dim_customer_customer_sk_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('warehouse.dim_loan', '');
+SELECT pg_catalog.pg_extension_config_dump('warehouse.dim_loan_loan_sk_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eds.change_log_horizon', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.etl_state', '');
+SELECT pg_catalog.pg_extension_config_dump('warehouse.fact_loans', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.etl_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.etl_runs_run_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.etl_rejects', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.etl_rejects_reject_id_seq', '');
+
+-- @@WAREHOUSE_VIEWS@@
+
+-- ===========================================================================
+-- The ETL: source declaration, the merge, scheduling, progress
+-- ===========================================================================
+
+-- The source is a foreign server plus a user mapping, as for dblink and
+-- postgres_fdw: the password lives in pg_user_mapping, which only
+-- superusers and the mapping's own user can read.
+CREATE FOREIGN DATA WRAPPER eds_fdw;
+COMMENT ON FOREIGN DATA WRAPPER eds_fdw IS 'eds: holds the connection options of the ETL source (server eds_source)';
+
+CREATE FUNCTION eds_set_source(conninfo text) RETURNS text
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eds_set_source';
+COMMENT ON FUNCTION eds_set_source(text) IS
+	'Declares the ETL source (the primary or a streaming replica) as foreign server eds_source with a user mapping for the current user; returns the server''s options without the password';
+REVOKE ALL ON FUNCTION eds_set_source(text) FROM PUBLIC;
+
+CREATE FUNCTION eds_run_etl(
+	OUT run_id bigint, OUT status text, OUT mode text,
+	OUT rows_read bigint, OUT rows_inserted bigint, OUT rows_updated bigint,
+	OUT rows_deleted bigint, OUT rows_rejected bigint, OUT duration interval,
+	OUT from_txid xid8, OUT to_txid xid8, OUT source_lsn pg_lsn, OUT source_time timestamptz,
+	OUT table_counts jsonb, OUT error_message text)
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eds_run_etl';
+COMMENT ON FUNCTION eds_run_etl() IS
+	'Runs one ETL pass in a background worker and waits for it: extracts what changed on the source since the last run and merges it into the star schema in one transaction';
+REVOKE ALL ON FUNCTION eds_run_etl() FROM PUBLIC;
+
+-- Entry point of the background worker (not SQL-callable).
+CREATE FUNCTION eds_etl_progress(
+	OUT pid integer, OUT run_id bigint, OUT phase text, OUT table_name text,
+	OUT rows_done bigint, OUT phase_started timestamptz, OUT run_started timestamptz)
+	RETURNS SETOF record
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eds_etl_progress';
+COMMENT ON FUNCTION eds_etl_progress() IS 'The ETL run in progress, if any: phase, table, rows done';
+CREATE VIEW audit.etl_progress AS SELECT * FROM eds_etl_progress();
+COMMENT ON VIEW audit.etl_progress IS 'The ETL run in progress: phase (connect, extract, load, finish), table and rows done so far';
+
+-- Monthly partitions of fact_payments, created as the staged rows need them.
+CREATE FUNCTION eds.ensure_fact_partitions() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $parts$
+DECLARE
+	m		date;
+	part	text;
+	created	integer := 0;
+BEGIN
+	FOR m IN
+		SELECT DISTINCT date_trunc('month', s.payment_date AT TIME ZONE 'UTC')::date
+		  FROM staging.stg_payments s
+		 WHERE s.reject_reason IS NULL AND NOT s.is_deleted
+		 ORDER BY 1
+	LOOP
+		part := 'fact_payments_' || to_char(m, 'YYYY_MM');
+		IF to_regclass('warehouse.' || part) IS NULL THEN
+			EXECUTE format('CREATE TABLE warehouse.%I PARTITION OF warehouse.fact_payments FOR VALUES FROM (%L) TO (%L)',
+						   part, m::timestamp AT TIME ZONE 'UTC',
+						   (m + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+			created := created + 1;
+		END IF;
+	END LOOP;
+	RETURN created;
+END
+$parts$;
+COMMENT ON FUNCTION eds.ensure_fact_partitions() IS 'Creates the monthly partitions of warehouse.fact_payments that the staged payments need';
+REVOKE ALL ON FUNCTION eds.ensure_fact_partitions() FROM PUBLIC;
+
+/*
+ * The merge of one run, called by the ETL worker inside the transaction that
+ * also moves the watermark.  Staging holds, for every key that changed in
+ * the run's window (and every loan and customer those rows reference), the
+ * row as of one source snapshot, or is_deleted.  Everything here is
+ * idempotent per key, so a key seen twice (by the first load and by the
+ * window after it) ends in the same state.
+ */
+CREATE FUNCTION eds.load_staged(p_run_id bigint, p_source_time timestamptz, p_probe_all boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $load$
+DECLARE
+	c_read bigint; c_new bigint; c_changed bigint; c_type1 bigint; c_deleted bigint;
+	l_read bigint; l_new bigint; l_changed bigint; l_deleted bigint;
+	p_read bigint; p_new bigint; p_changed bigint; p_deleted bigint; p_rejected bigint;
+	f_new bigint; f_changed bigint; f_deleted bigint;
+	n bigint;
+BEGIN
+	CREATE TEMP TABLE eds_changed_customers (customer_id bigint PRIMARY KEY) ON COMMIT DROP;
+	CREATE TEMP TABLE eds_payment_delta (loan_id bigint, payment_id bigint, sign integer, amount numeric) ON COMMIT DROP;
+
+	-- ---------------- dim_customer: SCD type 2 on name, city, segment
+	SELECT count(*) INTO c_read FROM staging.stg_customers;
+
+	-- Close the current version of each customer that changed, was deleted,
+	-- or came back, and open the next one from the same instant.
+	WITH closed AS (
+		UPDATE warehouse.dim_customer d
+		   SET effective_to = greatest(CASE WHEN s.is_deleted THEN p_source_time ELSE s.updated_at END,
+									   d.effective_from),
+			   is_current = false
+		  FROM staging.stg_customers s
+		 WHERE d.customer_id = s.customer_id AND d.is_current
+		   AND (s.is_deleted <> d.is_deleted
+				OR (NOT s.is_deleted
+					AND (d.full_name, d.city, d.segment) IS DISTINCT FROM (s.full_name, s.city, s.segment)))
+		RETURNING d.*
+	), opened AS (
+		INSERT INTO warehouse.dim_customer
+			(customer_id, version_no, full_name, email, phone, city, country, segment,
+			 effective_from, is_current, is_deleted)
+		SELECT k.customer_id, k.version_no + 1,
+			   CASE WHEN s.is_deleted THEN k.full_name ELSE s.full_name END,
+			   CASE WHEN s.is_deleted THEN k.email ELSE s.email END,
+			   CASE WHEN s.is_deleted THEN k.phone ELSE s.phone END,
+			   CASE WHEN s.is_deleted THEN k.city ELSE s.city END,
+			   CASE WHEN s.is_deleted THEN k.country ELSE s.country END,
+			   CASE WHEN s.is_deleted THEN k.segment ELSE s.segment END,
+			   k.effective_to, true, s.is_deleted
+		  FROM closed k JOIN staging.stg_customers s USING (customer_id)
+		RETURNING customer_id, is_deleted
+	)
+	INSERT INTO eds_changed_customers SELECT customer_id FROM opened;
+	SELECT count(*) FILTER (WHERE d.is_deleted), count(*) FILTER (WHERE NOT d.is_deleted)
+	  INTO c_deleted, c_changed
+	  FROM eds_changed_customers x JOIN warehouse.dim_customer d ON d.customer_id = x.customer_id AND d.is_current;
+
+	-- Customers seen for the first time.
+	INSERT INTO warehouse.dim_customer
+		(customer_id, version_no, full_name, email, phone, city, country, segment, effective_from)
+	SELECT s.customer_id, 1, s.full_name, s.email, s.phone, s.city, s.country, s.segment, s.created_at
+	  FROM staging.stg_customers s
+	 WHERE NOT s.is_deleted
+	   AND NOT EXISTS (SELECT FROM warehouse.dim_customer d WHERE d.customer_id = s.customer_id);
+	GET DIAGNOSTICS c_new = ROW_COUNT;
+
+	-- Contact details are type 1: corrected in place on the current version.
+	UPDATE warehouse.dim_customer d
+	   SET email = s.email, phone = s.phone, country = s.country
+	  FROM staging.stg_customers s
+	 WHERE d.customer_id = s.customer_id AND d.is_current AND NOT s.is_deleted
+	   AND (d.email, d.phone, d.country) IS DISTINCT FROM (s.email, s.phone, s.country);
+	GET DIAGNOSTICS c_type1 = ROW_COUNT;
+
+	-- ---------------- dim_loan: type 1, deleted loans kept and flagged
+	SELECT count(*) INTO l_read FROM staging.stg_loans;
+	WITH up AS (
+		INSERT INTO warehouse.dim_loan AS d
+			(loan_id, customer_id, product_name, product_type, amount, interest_rate, tenure_months,
+			 status, branch_code, loan_officer, disbursed_at, maturity_date, is_deleted)
+		SELECT s.loan_id, s.customer_id, p.product_name, p.product_type, s.amount, s.interest_rate,
+			   s.tenure_months, s.status, s.branch_code, s.loan_officer, s.disbursed_at, s.maturity_date, false
+		  FROM staging.stg_loans s LEFT JOIN staging.stg_loan_products p USING (product_id)
+		 WHERE NOT s.is_deleted
+		ON CONFLICT (loan_id) DO UPDATE
+		   SET customer_id = excluded.customer_id, product_name = excluded.product_name,
+			   product_type = excluded.product_type, amount = excluded.amount,
+			   interest_rate = excluded.interest_rate, tenure_months = excluded.tenure_months,
+			   status = excluded.status, branch_code = excluded.branch_code,
+			   loan_officer = excluded.loan_officer, disbursed_at = excluded.disbursed_at,
+			   maturity_date = excluded.maturity_date, is_deleted = false
+		 WHERE (d.customer_id, d.product_name, d.product_type, d.amount, d.interest_rate, d.tenure_months,
+				d.status, d.branch_code, d.loan_officer, d.disbursed_at, d.maturity_date, d.is_deleted)
+			   IS DISTINCT FROM
+			   (excluded.customer_id, excluded.product_name, excluded.product_type, excluded.amount,
+				excluded.interest_rate, excluded.tenure_months, excluded.status, excluded.branch_code,
+				excluded.loan_officer, excluded.disbursed_at, excluded.maturity_date, false)
+		RETURNING (xmax = 0) AS inserted
+	)
+	SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) INTO l_new, l_changed FROM up;
+	UPDATE warehouse.dim_loan d SET is_deleted = true
+	  FROM staging.stg_loans s
+	 WHERE s.is_deleted AND d.loan_id = s.loan_id AND NOT d.is_deleted;
+	GET DIAGNOSTICS l_deleted = ROW_COUNT;
+
+	-- ---------------- fact_payments
+	SELECT count(*) INTO p_read FROM staging.stg_payments;
+
+	-- Rows the warehouse cannot take are rejected, with the reason.
+	UPDATE staging.stg_payments s
+	   SET reject_reason = CASE
+			WHEN s.loan_id IS NULL OR s.amount IS NULL OR s.payment_date IS NULL
+				 OR s.principal_portion IS NULL OR s.interest_portion IS NULL OR s.penalty_portion IS NULL
+				THEN 'a required value is missing'
+			WHEN s.amount <= 0 THEN 'amount is not positive'
+			WHEN least(s.principal_portion, s.interest_portion, s.penalty_portion) < 0 THEN 'a portion is negative'
+			WHEN s.amount <> s.principal_portion + s.interest_portion + s.penalty_portion
+				THEN 'principal, interest and penalty do not add up to the amount'
+			WHEN s.payment_date < '2018-01-01 00:00+00' OR s.payment_date >= '2051-01-01 00:00+00'
+				THEN 'payment date is outside the calendar (2018-2050)'
+			WHEN NOT EXISTS (SELECT FROM warehouse.dim_loan l WHERE l.loan_id = s.loan_id AND NOT l.is_deleted)
+				THEN 'its loan is not on the source'
+		 END
+	 WHERE NOT s.is_deleted;
+	INSERT INTO audit.etl_rejects (run_id, table_name, source_key, reason, row_data)
+	SELECT p_run_id, 'payments', s.payment_id, s.reject_reason,
+		   to_jsonb(s) - 'is_deleted' - 'touched' - 'reject_reason'
+	  FROM staging.stg_payments s
+	 WHERE s.reject_reason IS NOT NULL;
+	GET DIAGNOSTICS p_rejected = ROW_COUNT;
+
+	PERFORM eds.ensure_fact_partitions();
+
+	-- Remove the warehouse's old version of every payment that may have one
+	-- (updated, deleted, or seen before by the first load); remember it.
+	WITH gone AS (
+		DELETE FROM warehouse.fact_payments f
+		 USING staging.stg_payments s
+		 WHERE (s.touched OR p_probe_all) AND f.payment_id = s.payment_id
+		RETURNING f.loan_id, f.payment_id, f.payment_amount
+	)
+	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, -1, payment_amount FROM gone;
+
+	-- Insert the current version, keyed to the customer version current at
+	-- the payment's time (version 1 also covers anything earlier).
+	WITH ins AS (
+		INSERT INTO warehouse.fact_payments
+			(payment_id, payment_date, date_sk, customer_sk, loan_sk, method_sk, customer_id, loan_id,
+			 payment_amount, principal_portion, interest_portion, penalty_portion,
+			 customer_segment, loan_status, branch_code)
+		SELECT s.payment_id, s.payment_date, to_char(s.payment_date AT TIME ZONE 'UTC', 'YYYYMMDD')::integer,
+			   c.customer_sk, l.loan_sk, coalesce(m.method_sk, 0), l.customer_id, s.loan_id,
+			   s.amount, s.principal_portion, s.interest_portion, s.penalty_portion,
+			   c.segment, l.status, l.branch_code
+		  FROM staging.stg_payments s
+		  JOIN warehouse.dim_loan l ON l.loan_id = s.loan_id
+		  JOIN warehouse.dim_customer c
+			ON c.customer_id = l.customer_id
+		   AND (c.version_no = 1 OR c.effective_from <= s.payment_date)
+		   AND s.payment_date < c.effective_to
+		  LEFT JOIN warehouse.dim_payment_method m ON m.method_code = s.payment_method
+		 WHERE NOT s.is_deleted AND s.reject_reason IS NULL
+		RETURNING loan_id, payment_id, payment_amount
+	)
+	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, 1, payment_amount FROM ins;
+
+	SELECT count(*) FILTER (WHERE ins AND NOT del), count(*) FILTER (WHERE ins AND del),
+		   count(*) FILTER (WHERE del AND NOT ins)
+	  INTO p_new, p_changed, p_deleted
+	  FROM (SELECT payment_id, bool_or(sign = 1) AS ins, bool_or(sign = -1) AS del
+			  FROM eds_payment_delta GROUP BY payment_id) x;
+
+	-- A new customer version takes over the facts from its start on.
+	UPDATE warehouse.fact_payments f
+	   SET customer_sk = d.customer_sk, customer_segment = d.segment
+	  FROM warehouse.dim_customer d
+	 WHERE d.customer_id IN (SELECT customer_id FROM eds_changed_customers)
+	   AND f.customer_id = d.customer_id
+	   AND (d.version_no = 1 OR d.effective_from <= f.payment_date) AND f.payment_date < d.effective_to
+	   AND (f.customer_sk, f.customer_segment) IS DISTINCT FROM (d.customer_sk, d.segment);
+
+	-- The loan's current status and branch are quick filters on its payments.
+	UPDATE warehouse.fact_payments f
+	   SET loan_status = l.status, branch_code = l.branch_code
+	  FROM warehouse.dim_loan l
+	 WHERE l.loan_id IN (SELECT s.loan_id FROM staging.stg_loans s WHERE NOT s.is_deleted)
+	   AND f.loan_id = l.loan_id
+	   AND (f.loan_status, f.branch_code) IS DISTINCT FROM (l.status, l.branch_code);
+
+	-- ---------------- fact_loans: one row per loan; payment totals by delta
+	WITH up AS (
+		INSERT INTO warehouse.fact_loans AS f
+			(loan_id, loan_sk, customer_sk, customer_id, principal_amount, outstanding_balance,
+			 loan_status, customer_segment, branch_code, disbursed_at, is_active, is_defaulted, is_repaid)
+		SELECT l.loan_id, l.loan_sk, c.customer_sk, l.customer_id, l.amount, s.outstanding_balance,
+			   l.status, c.segment, l.branch_code, l.disbursed_at,
+			   l.status = 'active', l.status = 'defaulted', l.status = 'repaid'
+		  FROM staging.stg_loans s
+		  JOIN warehouse.dim_loan l USING (loan_id)
+		  JOIN warehouse.dim_customer c ON c.customer_id = l.customer_id AND c.is_current
+		 WHERE NOT s.is_deleted
+		ON CONFLICT (loan_id) DO UPDATE
+		   SET loan_sk = excluded.loan_sk, customer_sk = excluded.customer_sk,
+			   customer_id = excluded.customer_id, principal_amount = excluded.principal_amount,
+			   outstanding_balance = excluded.outstanding_balance, loan_status = excluded.loan_status,
+			   customer_segment = excluded.customer_segment, branch_code = excluded.branch_code,
+			   disbursed_at = excluded.disbursed_at, is_active = excluded.is_active,
+			   is_defaulted = excluded.is_defaulted, is_repaid = excluded.is_repaid
+		 WHERE (f.loan_sk, f.customer_sk, f.customer_id, f.principal_amount, f.outstanding_balance,
+				f.loan_status, f.customer_segment, f.branch_code, f.disbursed_at)
+			   IS DISTINCT FROM
+			   (excluded.loan_sk, excluded.customer_sk, excluded.customer_id, excluded.principal_amount,
+				excluded.outstanding_balance, excluded.loan_status, excluded.customer_segment,
+				excluded.branch_code, excluded.disbursed_at)
+		RETURNING (xmax = 0) AS inserted
+	)
+	SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) INTO f_new, f_changed FROM up;
+
+	UPDATE warehouse.fact_loans f
+	   SET customer_sk = c.customer_sk, customer_segment = c.segment
+	  FROM warehouse.dim_customer c
+	 WHERE c.customer_id IN (SELECT customer_id FROM eds_changed_customers) AND c.is_current
+	   AND f.customer_id = c.customer_id
+	   AND (f.customer_sk, f.customer_segment) IS DISTINCT FROM (c.customer_sk, c.segment);
+
+	DELETE FROM warehouse.fact_loans f
+	 USING staging.stg_loans s
+	 WHERE s.is_deleted AND f.loan_id = s.loan_id;
+	GET DIAGNOSTICS f_deleted = ROW_COUNT;
+
+	UPDATE warehouse.fact_loans f
+	   SET total_paid = f.total_paid + d.amount, payment_count = f.payment_count + d.payments
+	  FROM (SELECT loan_id, sum(sign * amount) AS amount, sum(sign) AS payments
+			  FROM eds_payment_delta GROUP BY loan_id) d
+	 WHERE f.loan_id = d.loan_id AND (d.amount <> 0 OR d.payments <> 0);
+
+	RETURN jsonb_build_object(
+		'customers', jsonb_build_object('read', c_read, 'inserted', c_new, 'updated', c_changed + c_type1,
+										'new_versions', c_changed, 'deleted', c_deleted),
+		'loans', jsonb_build_object('read', l_read, 'inserted', l_new, 'updated', l_changed, 'deleted', l_deleted),
+		'payments', jsonb_build_object('read', p_read, 'inserted', p_new, 'updated', p_changed,
+									   'deleted', p_deleted, 'rejected', p_rejected),
+		'fact_loans', jsonb_build_object('inserted', f_new, 'updated', f_changed, 'deleted', f_deleted));
+END
+$load$;
+COMMENT ON FUNCTION eds.load_staged(bigint, timestamptz, boolean) IS
+	'Merges the staged rows of one ETL run into the star schema (called by the ETL worker)';
+REVOKE ALL ON FUNCTION eds.load_staged(bigint, timestamptz, boolean) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Scheduling with pg_cron
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION eds_schedule_etl(schedule text DEFAULT '*/15 * * * *') RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $sched$
+DECLARE
+	v_job bigint;
+BEGIN
+	IF schedule IS NULL OR btrim(schedule) = '' THEN
+		RAISE EXCEPTION 'eds_schedule_etl: the schedule must not be empty'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass a cron expression, for example ''*/15 * * * *''.';
+	END IF;
+	IF to_regnamespace('cron') IS NULL OR to_regproc('cron.schedule') IS NULL THEN
+		RAISE EXCEPTION 'pg_cron is not installed in this database'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name to this database, and CREATE EXTENSION pg_cron.';
+	END IF;
+	EXECUTE 'SELECT cron.schedule($1, $2, $3)' INTO v_job
+		USING 'eds_etl', schedule,
+			  format('SELECT status FROM %s.eds_run_etl()',
+					 (SELECT e.extnamespace::regnamespace::text FROM pg_extension e WHERE e.extname = 'eds'));
+	RETURN v_job;
+END
+$sched$;
+COMMENT ON FUNCTION eds_schedule_etl(text) IS
+	'Schedules eds_run_etl() with pg_cron as job eds_etl (default every 15 minutes); returns the job id';
+REVOKE ALL ON FUNCTION eds_schedule_etl(text) FROM PUBLIC;
+
+CREATE FUNCTION eds_unschedule_etl() RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $unsched$
+BEGIN
+	IF to_regproc('cron.unschedule') IS NULL THEN
+		RAISE EXCEPTION 'pg_cron is not installed in this database'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Nothing can be scheduled without pg_cron, so there is nothing to remove.';
+	END IF;
+	IF NOT EXISTS (SELECT FROM cron.job WHERE jobname = 'eds_etl') THEN
+		RETURN false;
+	END IF;
+	EXECUTE 'SELECT cron.unschedule($1)' USING 'eds_etl';
+	RETURN true;
+END
+$unsched$;
+COMMENT ON FUNCTION eds_unschedule_etl() IS 'Removes the pg_cron job eds_etl; false when there was none';
+REVOKE ALL ON FUNCTION eds_unschedule_etl() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Reconciliation: the same figures computed on each side, then compared
+-- ---------------------------------------------------------------------------
+
+-- Source side: counts and sums, per month for payments, and a digest of the
+-- customer attributes the warehouse tracks, in 256 buckets.
+CREATE FUNCTION eds.reconcile_source_figures() RETURNS TABLE (check_name text, check_key text, value numeric)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $src$
+	SELECT 'customers', 'count', count(*)::numeric FROM operational.customers
+	UNION ALL
+	SELECT 'loans', 'count', count(*) FROM operational.loans
+	UNION ALL
+	SELECT 'loans', 'outstanding', coalesce(sum(outstanding_balance), 0) FROM operational.loans
+	UNION ALL
+	SELECT 'loans by status', status, count(*) FROM operational.loans GROUP BY status
+	UNION ALL
+	SELECT 'payments', 'count', count(*) FROM operational.payments
+	UNION ALL
+	SELECT 'payments', 'amount', coalesce(sum(amount), 0) FROM operational.payments
+	UNION ALL
+	SELECT 'payments per month', to_char(payment_date AT TIME ZONE 'UTC', 'YYYY-MM') || ' count', count(*)
+	  FROM operational.payments GROUP BY 2
+	UNION ALL
+	SELECT 'payments per month', to_char(payment_date AT TIME ZONE 'UTC', 'YYYY-MM') || ' amount', sum(amount)
+	  FROM operational.payments GROUP BY 2
+	UNION ALL
+	SELECT 'customer attributes', (customer_id % 256)::text,
+		   ('x' || left(md5(string_agg(concat_ws('|', customer_id, full_name, city, segment, email), ',' ORDER BY customer_id)), 12))::bit(48)::bigint
+	  FROM operational.customers GROUP BY customer_id % 256
+	UNION ALL
+	SELECT 'fact_loans totals', 'loans whose total_paid or payment_count disagree with fact_payments', 0
+$src$;
+COMMENT ON FUNCTION eds.reconcile_source_figures() IS 'Figures eds_reconcile() compares, computed on the source';
+GRANT USAGE ON SCHEMA eds TO etl_reader;
+REVOKE ALL ON FUNCTION eds.reconcile_source_figures() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds.reconcile_source_figures() TO etl_reader;
+
+-- Warehouse side: the same figures from the star schema.  Payments that
+-- were rejected are not in the facts; they show up as differences.
+CREATE FUNCTION eds.reconcile_warehouse_figures() RETURNS TABLE (check_name text, check_key text, value numeric)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $wh$
+	SELECT 'customers', 'count', count(*)::numeric FROM warehouse.dim_customer WHERE is_current AND NOT is_deleted
+	UNION ALL
+	SELECT 'loans', 'count', count(*) FROM warehouse.fact_loans
+	UNION ALL
+	SELECT 'loans', 'outstanding', coalesce(sum(outstanding_balance), 0) FROM warehouse.fact_loans
+	UNION ALL
+	SELECT 'loans by status', loan_status, count(*) FROM warehouse.fact_loans GROUP BY loan_status
+	UNION ALL
+	SELECT 'payments', 'count', count(*) FROM warehouse.fact_payments
+	UNION ALL
+	SELECT 'payments', 'amount', coalesce(sum(payment_amount), 0) FROM warehouse.fact_payments
+	UNION ALL
+	SELECT 'payments per month', to_char(payment_date AT TIME ZONE 'UTC', 'YYYY-MM') || ' count', count(*)
+	  FROM warehouse.fact_payments GROUP BY 2
+	UNION ALL
+	SELECT 'payments per month', to_char(payment_date AT TIME ZONE 'UTC', 'YYYY-MM') || ' amount', sum(payment_amount)
+	  FROM warehouse.fact_payments GROUP BY 2
+	UNION ALL
+	SELECT 'customer attributes', (customer_id % 256)::text,
+		   ('x' || left(md5(string_agg(concat_ws('|', customer_id, full_name, city, segment, email), ',' ORDER BY customer_id)), 12))::bit(48)::bigint
+	  FROM warehouse.dim_customer WHERE is_current AND NOT is_deleted GROUP BY customer_id % 256
+	UNION ALL
+	-- fact_loans keeps its payment totals by delta: check them against the facts
+	SELECT 'fact_loans totals', 'loans whose total_paid or payment_count disagree with fact_payments', count(*)
+	  FROM warehouse.fact_loans f
+	  LEFT JOIN (SELECT loan_id, sum(payment_amount) AS paid, count(*) AS n
+				   FROM warehouse.fact_payments GROUP BY loan_id) p USING (loan_id)
+	 WHERE f.total_paid <> coalesce(p.paid, 0) OR f.payment_count <> coalesce(p.n, 0)
+$wh$;
+COMMENT ON FUNCTION eds.reconcile_warehouse_figures() IS 'Figures eds_reconcile() compares, computed on the warehouse';
+REVOKE ALL ON FUNCTION eds.reconcile_warehouse_figures() FROM PUBLIC;
+
+CREATE FUNCTION eds_reconcile(
+	OUT check_name text, OUT check_key text, OUT source_value numeric, OUT warehouse_value numeric)
+	RETURNS SETOF record
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eds_reconcile';
+COMMENT ON FUNCTION eds_reconcile() IS
+	'Compares source and warehouse (counts, sums, per-month payments, customer attributes, fact_loans totals); returns only the differences, so no rows means clean';
+REVOKE ALL ON FUNCTION eds_reconcile() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Source-side bookkeeping, called by the ETL over its connection
+-- ---------------------------------------------------------------------------
+
+-- Records how far a warehouse has loaded and purges the change log below
+-- what every known warehouse has loaded.  SECURITY DEFINER so the ETL
+-- login needs no write privilege on the source.
+CREATE FUNCTION eds.etl_acknowledge(p_consumer text, p_watermark xid8, p_run_id bigint, p_rows bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $ack$
+DECLARE
+	v_min		xid8;
+	v_purged	bigint;
+BEGIN
+	IF p_consumer IS NULL OR p_watermark IS NULL THEN
+		RAISE EXCEPTION 'eds.etl_acknowledge: consumer and watermark must not be null'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'This function is called by eds_run_etl(); there is no need to call it by hand.';
+	END IF;
+	INSERT INTO eds.etl_consumers AS c (consumer, watermark, last_extract_at, last_run_id, rows_read, extracted_by)
+	VALUES (p_consumer, p_watermark, now(), p_run_id, p_rows, session_user)
+	ON CONFLICT (consumer) DO UPDATE
+	   SET watermark = greatest(c.watermark, excluded.watermark),
+		   last_extract_at = excluded.last_extract_at, last_run_id = excluded.last_run_id,
+		   rows_read = excluded.rows_read, extracted_by = excluded.extracted_by;
+
+	SELECT min(watermark) INTO v_min FROM eds.etl_consumers;
+	DELETE FROM eds.change_log WHERE txid < v_min;
+	GET DIAGNOSTICS v_purged = ROW_COUNT;
+	INSERT INTO eds.change_log_horizon AS h (id, purged_upto) VALUES (1, v_min)
+	ON CONFLICT (id) DO UPDATE SET purged_upto = greatest(h.purged_upto, excluded.purged_upto);
+	RETURN v_purged;
+END
+$ack$;
+COMMENT ON FUNCTION eds.etl_acknowledge(text, xid8, bigint, bigint) IS
+	'Called by the ETL after its warehouse commit: records the consumer''s watermark and purges the change log below every consumer''s watermark';
+REVOKE ALL ON FUNCTION eds.etl_acknowledge(text, xid8, bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds.etl_acknowledge(text, xid8, bigint, bigint) TO etl_reader;
+GRANT SELECT ON eds.change_log, eds.change_log_horizon TO etl_reader;
+
 -- ---------------------------------------------------------------------------
 -- Privileges: least privilege per group role
 -- ---------------------------------------------------------------------------

@@ -124,28 +124,6 @@ audit_changed_columns(HeapTuple oldtup, HeapTuple newtup, TupleDesc tupdesc)
 	return PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
-/* Owner of operational.audit_log: the role the audit insert runs as. */
-static Oid
-audit_log_owner(void)
-{
-	Oid			nsp = get_namespace_oid("operational", false);
-	Oid			relid = get_relname_relid("audit_log", nsp);
-	HeapTuple	tup;
-	Oid			owner;
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("audit table operational.audit_log does not exist"),
-				 errhint("Install the eds extension in this database, or drop the audit trigger.")));
-	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
 Datum
 eds_audit_row(PG_FUNCTION_ARGS)
 {
@@ -160,9 +138,6 @@ eds_audit_row(PG_FUNCTION_ARGS)
 	Datum		values[AUDIT_NARGS];
 	char		nulls[AUDIT_NARGS];
 	char	   *keytext;
-	Oid			save_userid;
-	int			save_sec_context;
-	int			rc;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
@@ -230,31 +205,11 @@ eds_audit_row(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 
 	if (audit_insert_plan == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(audit_insert_sql, AUDIT_NARGS, audit_arg_types);
+		audit_insert_plan = eds_keep_plan(audit_insert_sql, AUDIT_NARGS, audit_arg_types);
 
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for the audit insert: %s",
-				 SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		audit_insert_plan = plan;
-	}
-
-	/*
-	 * Write as the audit table's owner: writers hold no rights on it.  An
-	 * error inside is fine without PG_TRY: (sub)transaction abort restores
-	 * the user id and security context, as for the RI triggers.
-	 */
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(audit_log_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	rc = SPI_execute_plan(audit_insert_plan, values, nulls, false, 1);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "audit insert failed: %s", SPI_result_code_string(rc));
+	/* Written as the audit table's owner: writers hold no rights on it. */
+	eds_execute_as_owner(audit_insert_plan, values, nulls,
+						 eds_relation_owner("operational", "audit_log"));
 
 	SPI_finish();
 

@@ -23,6 +23,7 @@
 #include "access/tableam.h"
 #include "catalog/dependency.h"
 #include "catalog/objectaccess.h"
+#include "catalog/partition.h"
 #include "catalog/pg_class.h"
 #include "commands/extension.h"
 #include "executor/tuptable.h"
@@ -55,6 +56,7 @@ static void
 dg_check_drop(Oid relid)
 {
 	Oid			eds_oid;
+	Oid			owner_relid;
 	char		relkind;
 
 	if (eds_allow_drop_with_data || creating_extension)
@@ -64,9 +66,18 @@ dg_check_drop(Oid relid)
 	if (relkind != RELKIND_RELATION)
 		return;
 
+	/*
+	 * A partition the ETL created is not an extension member itself, but
+	 * it goes with its eds-owned parent (fact_payments), so judge it by
+	 * the root of its partition tree.
+	 */
 	eds_oid = get_extension_oid("eds", true);
-	if (!OidIsValid(eds_oid) ||
-		getExtensionOfObject(RelationRelationId, relid) != eds_oid)
+	if (!OidIsValid(eds_oid))
+		return;
+	owner_relid = relid;
+	if (get_rel_relispartition(relid))
+		owner_relid = llast_oid(get_partition_ancestors(relid));
+	if (getExtensionOfObject(RelationRelationId, owner_relid) != eds_oid)
 		return;
 
 	if (dg_table_has_rows(relid))

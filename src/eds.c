@@ -49,7 +49,32 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomIntVariable("eds.source_timeout",
+							"Longest wait, in seconds, for any answer from the ETL source.",
+							"Also the statement_timeout of the ETL's session on the source.",
+							&eds_source_timeout,
+							600, 1, 86400,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eds.source_connect_timeout",
+							"Longest wait, in seconds, to connect to the ETL source.",
+							NULL,
+							&eds_source_connect_timeout,
+							10, 1, 3600,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eds.etl_run_retention",
+							"Days of ETL run history (audit.etl_runs, etl_rejects, pg_cron details) to keep.",
+							NULL,
+							&eds_etl_run_retention,
+							90, 1, 36500,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("eds");
 
 	eds_drop_guard_init();
+	eds_progress_init();
 }

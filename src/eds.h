@@ -22,6 +22,34 @@ extern bool eds_allow_drop_with_data;
 /* row_jsonb.c: a heap tuple as a jsonb object, attribute name -> value */
 extern Jsonb *eds_tuple_to_jsonb(HeapTuple tuple, TupleDesc tupdesc);
 
+/* util.c */
+#include "executor/spi.h"
+extern Oid	eds_relation_owner(const char *nspname, const char *relname);
+extern void eds_execute_as_owner(SPIPlanPtr plan, Datum *values, const char *nulls, Oid owner);
+extern SPIPlanPtr eds_keep_plan(const char *sql, int nargs, Oid *argtypes);
+
+/* remote.c: the ETL source over libpq */
+#include "libpq-fe.h"
+extern int	eds_source_timeout;
+extern int	eds_source_connect_timeout;
+extern PGconn *eds_remote_connect(void);
+extern void eds_remote_disconnect(void);
+extern char *eds_remote_describe(void);
+extern PGresult *eds_remote_exec(const char *sql, ExecStatusType expected, const char *what);
+extern int	eds_remote_copy_read(void *outbuf, int minread, int maxread);
+extern int64 eds_remote_copy_bytes(void);
+
+/* progress.c: what the running ETL is doing, in shared memory */
+extern void eds_progress_init(void);
+extern void eds_progress_start(int64 run_id);
+extern void eds_progress_phase(const char *phase, const char *table);
+extern void eds_progress_rows(int64 rows);
+extern void eds_progress_end(void);
+
+/* etl.c: one run, inside the worker */
+extern int	eds_etl_run_retention;
+extern void eds_etl_run(int64 token);
+
 /* drop_guard.c */
 extern void eds_drop_guard_init(void);
 

@@ -1,0 +1,528 @@
+/*-------------------------------------------------------------------------
+ *
+ * etl.c
+ *		One ETL run, executed inside the ETL background worker.
+ *
+ * Design (docs/etl.md has the defence):
+ *	- The source's change-capture trigger logs each changed key with the
+ *	  64-bit id of its transaction (eds.change_log).
+ *	- A run opens one REPEATABLE READ snapshot S on the source and takes
+ *	  H = xmin(S): every transaction below H has ended, and if it committed
+ *	  it is visible in S.  The run loads the keys logged with W <= txid < H
+ *	  (W: the warehouse's watermark), reading each row as of S, plus the
+ *	  loans and customers those rows point to, from the same S.
+ *	- Staging, merge (eds.load_staged), the new watermark W = H and the run
+ *	  row's 'success' commit in ONE warehouse transaction: a crash anywhere
+ *	  leaves the previous state, and the next run redoes the same window.
+ *	- The run row is committed as 'running' first and a failure is written
+ *	  in a fresh transaction after the abort, so no rollback erases it.
+ *	- A session advisory lock makes runs one at a time; a second one
+ *	  records 'skipped'.  Runs found 'running' under the lock were
+ *	  interrupted by a crash and are marked failed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/copy.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_relation.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "eds.h"
+
+/* Keys of the session advisory lock that serialises runs. */
+#define ETL_LOCK_KEY1 6579315	/* 'eds' */
+#define ETL_LOCK_KEY2 1
+
+int			eds_etl_run_retention = 90; /* days, eds.etl_run_retention */
+
+/* What the source said when the snapshot was taken. */
+typedef struct SourcePoint
+{
+	char	   *horizon;		/* xmin of the snapshot, xid8 as text */
+	bool		is_replica;
+	char	   *lsn;
+	char	   *time;
+	char	   *purged_upto;	/* NULL: nothing purged */
+} SourcePoint;
+
+/* ---------------------------------------------------------------- SPI */
+
+static void
+etl_begin(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+etl_commit(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * Run a statement with text parameters; returns the first column of the
+ * first row as text (NULL if none).  The text lives in TopMemoryContext, so
+ * it outlives the transaction: the worker is short-lived and these are few.
+ */
+static char *
+etl_sql(const char *sql, int nargs, const char **args)
+{
+	Oid		   *types = palloc(sizeof(Oid) * Max(nargs, 1));
+	Datum	   *values = palloc(sizeof(Datum) * Max(nargs, 1));
+	char	   *nulls = palloc(Max(nargs, 1) + 1);
+	char	   *result = NULL;
+	int			rc;
+
+	for (int i = 0; i < nargs; i++)
+	{
+		types[i] = TEXTOID;
+		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
+		nulls[i] = args[i] ? ' ' : 'n';
+	}
+	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	if (rc < 0)
+		elog(ERROR, "eds ETL: SPI failed (%s) for: %s", SPI_result_code_string(rc), sql);
+	if (SPI_tuptable && SPI_processed > 0 && SPI_tuptable->tupdesc->natts > 0)
+	{
+		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (v)
+			result = MemoryContextStrdup(TopMemoryContext, v);
+	}
+	return result;
+}
+
+static double
+etl_ms_since(TimestampTz start)
+{
+	return (double) (GetCurrentTimestamp() - start) / 1000.0;
+}
+
+/* ---------------------------------------------------------------- extract */
+
+/*
+ * Stream one source query into a staging table: COPY TO STDOUT there, COPY
+ * FROM (with our callback) here.  Nothing is held but the current row.
+ */
+static int64
+etl_copy_into(const char *stage_table, const char *const *columns, const char *query)
+{
+	Relation	rel;
+	ParseState *pstate;
+	List	   *attnames = NIL;
+	CopyFromState cstate;
+	int64		rows;
+
+	eds_progress_phase("extract", stage_table);
+	for (int i = 0; columns[i]; i++)
+		attnames = lappend(attnames, makeString(pstrdup(columns[i])));
+
+	PQclear(eds_remote_exec(psprintf("COPY (%s) TO STDOUT", query), PGRES_COPY_OUT, "extracting rows"));
+
+	rel = table_openrv(makeRangeVar("staging", (char *) stage_table, -1), RowExclusiveLock);
+	pstate = make_parsestate(NULL);
+	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
+	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, eds_remote_copy_read, attnames, NIL);
+	rows = CopyFrom(cstate);
+	EndCopyFrom(cstate);
+	table_close(rel, NoLock);
+	eds_progress_rows(rows);
+	return rows;
+}
+
+static const char *const product_cols[] = {"product_id", "product_name", "product_type", NULL};
+static const char *const customer_cols[] = {
+	"customer_id", "full_name", "email", "phone", "national_id", "city", "country", "segment",
+	"created_at", "updated_at", "is_deleted", "touched", NULL};
+static const char *const loan_cols[] = {
+	"loan_id", "customer_id", "product_id", "amount", "interest_rate", "tenure_months", "status",
+	"outstanding_balance", "disbursed_at", "maturity_date", "loan_officer", "branch_code",
+	"created_at", "updated_at", "is_deleted", "touched", NULL};
+static const char *const payment_cols[] = {
+	"payment_id", "loan_id", "amount", "principal_portion", "interest_portion", "penalty_portion",
+	"payment_method", "payment_date", "created_at", "updated_at", "is_deleted", "touched", NULL};
+
+#define CUSTOMER_SELECT \
+	"c.full_name, c.email, c.phone, c.national_id, c.city, c.country, c.segment, c.created_at, c.updated_at"
+#define LOAN_SELECT \
+	"l.customer_id, l.product_id, l.amount, l.interest_rate, l.tenure_months, l.status, " \
+	"l.outstanding_balance, l.disbursed_at, l.maturity_date, l.loan_officer, l.branch_code, " \
+	"l.created_at, l.updated_at"
+#define PAYMENT_SELECT \
+	"p.loan_id, p.amount, p.principal_portion, p.interest_portion, p.penalty_portion, " \
+	"p.payment_method, p.payment_date, p.created_at, p.updated_at"
+
+/*
+ * The keys of the window, and every loan and customer they reference, read
+ * as of the one snapshot; a key whose row is gone comes back is_deleted.
+ * The bounds are literals so the planner can use the txid index.
+ */
+static void
+etl_extract(const char *from, const char *to, int64 *rows)
+{
+	char	   *window;
+	char	   *changed;
+	char	   *loan_keys;
+
+	rows[0] = etl_copy_into("stg_loan_products", product_cols,
+							"SELECT product_id, product_name, product_type FROM operational.loan_products");
+	if (from == NULL)
+	{
+		/* First load: everything in the snapshot. */
+		rows[1] = etl_copy_into("stg_customers", customer_cols,
+								"SELECT c.customer_id, " CUSTOMER_SELECT ", false, false FROM operational.customers c");
+		rows[2] = etl_copy_into("stg_loans", loan_cols,
+								"SELECT l.loan_id, " LOAN_SELECT ", false, false FROM operational.loans l");
+		rows[3] = etl_copy_into("stg_payments", payment_cols,
+								"SELECT p.payment_id, " PAYMENT_SELECT ", false, false FROM operational.payments p");
+		return;
+	}
+
+	window = psprintf("txid >= '%s'::xid8 AND txid < '%s'::xid8", from, to);
+	changed = psprintf("SELECT table_name, pk, op FROM eds.change_log WHERE %s", window);
+	loan_keys = psprintf("SELECT pk FROM ch WHERE table_name = 'loans' "
+						 "UNION SELECT p.loan_id FROM ch JOIN operational.payments p "
+						 "ON p.payment_id = ch.pk WHERE ch.table_name = 'payments'");
+
+	rows[1] = etl_copy_into("stg_customers", customer_cols, psprintf(
+		"WITH ch AS (%s), lk AS (%s), "
+		"k AS (SELECT pk, bool_or(t) AS touched FROM ("
+		"  SELECT pk, op <> 'I' AS t FROM ch WHERE table_name = 'customers' "
+		"  UNION ALL SELECT l.customer_id, false FROM lk JOIN operational.loans l ON l.loan_id = lk.pk"
+		") x GROUP BY pk) "
+		"SELECT k.pk, " CUSTOMER_SELECT ", c.customer_id IS NULL, k.touched "
+		"FROM k LEFT JOIN operational.customers c ON c.customer_id = k.pk", changed, loan_keys));
+	rows[2] = etl_copy_into("stg_loans", loan_cols, psprintf(
+		"WITH ch AS (%s), "
+		"k AS (SELECT pk, bool_or(t) AS touched FROM ("
+		"  SELECT pk, op <> 'I' AS t FROM ch WHERE table_name = 'loans' "
+		"  UNION ALL SELECT p.loan_id, false FROM ch JOIN operational.payments p "
+		"  ON p.payment_id = ch.pk WHERE ch.table_name = 'payments'"
+		") x GROUP BY pk) "
+		"SELECT k.pk, " LOAN_SELECT ", l.loan_id IS NULL, k.touched "
+		"FROM k LEFT JOIN operational.loans l ON l.loan_id = k.pk", changed));
+	rows[3] = etl_copy_into("stg_payments", payment_cols, psprintf(
+		"WITH k AS (SELECT pk, bool_or(op <> 'I') AS touched FROM eds.change_log "
+		"  WHERE table_name = 'payments' AND %s GROUP BY pk) "
+		"SELECT k.pk, " PAYMENT_SELECT ", p.payment_id IS NULL, k.touched "
+		"FROM k LEFT JOIN operational.payments p ON p.payment_id = k.pk", window));
+}
+
+/* Open the snapshot on the source and read where it stands. */
+static void
+etl_open_snapshot(SourcePoint *sp)
+{
+	PGresult   *res;
+
+	res = eds_remote_exec("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eds'",
+						  PGRES_TUPLES_OK, "checking the eds extension");
+	if (PQntuples(res) == 0)
+	{
+		PQclear(res);
+		eds_remote_disconnect();
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the ETL source database has no eds extension"),
+				 errdetail("eds reads the source's change log, which CREATE EXTENSION eds installs."),
+				 errhint("Run CREATE EXTENSION eds in the source database (on the primary).")));
+	}
+	PQclear(res);
+
+	PQclear(eds_remote_exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+							PGRES_COMMAND_OK, "starting the snapshot"));
+	res = eds_remote_exec("SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_is_in_recovery(), "
+						  "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+						  "ELSE pg_current_wal_lsn() END)::text, now()::text, "
+						  "(SELECT purged_upto::text FROM eds.change_log_horizon)",
+						  PGRES_TUPLES_OK, "taking the snapshot");
+	sp->horizon = pstrdup(PQgetvalue(res, 0, 0));
+	sp->is_replica = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+	sp->lsn = PQgetisnull(res, 0, 2) ? NULL : pstrdup(PQgetvalue(res, 0, 2));
+	sp->time = pstrdup(PQgetvalue(res, 0, 3));
+	sp->purged_upto = PQgetisnull(res, 0, 4) ? NULL : pstrdup(PQgetvalue(res, 0, 4));
+	PQclear(res);
+}
+
+/* ---------------------------------------------------------------- the run */
+
+/*
+ * The load transaction: extract, merge, move the watermark, mark success.
+ * Returns whether the source was a primary (then its bookkeeping is ours).
+ */
+static bool
+etl_load(int64 run_id, const char *run_id_text)
+{
+	TimestampTz t0 = GetCurrentTimestamp();
+	TimestampTz t;
+	double		ms_connect,
+				ms_extract,
+				ms_load;
+	SourcePoint sp;
+	char	   *watermark;
+	char	   *probe;
+	char	   *counts;
+	char	   *source_desc;
+	const char *mode;
+	int64		rows[4] = {0, 0, 0, 0};
+	bool		noop = false;
+	char	   *note = NULL;
+
+	etl_begin();
+	eds_progress_phase("connect", NULL);
+	source_desc = eds_remote_describe();
+	eds_remote_connect();
+	etl_open_snapshot(&sp);
+	ms_connect = etl_ms_since(t0);
+
+	watermark = etl_sql("SELECT watermark::text FROM audit.etl_state", 0, NULL);
+	probe = etl_sql("SELECT probe_inserts::text FROM audit.etl_state", 0, NULL);
+	mode = watermark ? "incremental" : "full";
+
+	if (watermark == NULL)
+	{
+		if (etl_sql("SELECT 1 WHERE EXISTS (SELECT FROM warehouse.dim_customer) "
+					"OR EXISTS (SELECT FROM warehouse.dim_loan) "
+					"OR EXISTS (SELECT FROM warehouse.fact_payments)", 0, NULL))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the warehouse holds data but no ETL watermark"),
+					 errdetail("audit.etl_state is empty, so eds cannot tell which source changes the warehouse already has."),
+					 errhint("To reload from scratch, TRUNCATE warehouse.fact_payments, warehouse.fact_loans, "
+							 "warehouse.dim_loan, warehouse.dim_customer and run eds_run_etl() again.")));
+	}
+	else
+	{
+		const char *args[2] = {sp.purged_upto, watermark};
+
+		if (sp.purged_upto && etl_sql("SELECT 1 WHERE $1::xid8 > $2::xid8", 2, args))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("the source's change log was purged past this warehouse's watermark"),
+					 errdetail("The warehouse has loaded up to transaction %s, but the source kept changes only from %s on.",
+							   watermark, sp.purged_upto),
+					 errhint("Reload from scratch: TRUNCATE the warehouse facts and dimensions, DELETE FROM audit.etl_state, "
+							 "and run eds_run_etl().")));
+		args[0] = sp.horizon;
+		if (etl_sql("SELECT 1 WHERE $1::xid8 < $2::xid8", 2, args))
+		{
+			/* A replica behind what we already loaded: load nothing, never go back. */
+			noop = true;
+			note = psprintf("source is behind the warehouse (its horizon %s < watermark %s): nothing loaded",
+							sp.horizon, watermark);
+		}
+	}
+
+	SPI_execute("TRUNCATE staging.stg_loan_products, staging.stg_customers, "
+				"staging.stg_loans, staging.stg_payments", false, 0);
+
+	t = GetCurrentTimestamp();
+	if (!noop)
+		etl_extract(watermark, sp.horizon, rows);
+	PQclear(eds_remote_exec("COMMIT", PGRES_COMMAND_OK, "ending the snapshot"));
+	ms_extract = etl_ms_since(t);
+
+	t = GetCurrentTimestamp();
+	eds_progress_phase("load", NULL);
+	{
+		const char *args[3] = {run_id_text, sp.time,
+		(watermark && probe && strcmp(probe, "true") == 0) ? "true" : "false"};
+
+		counts = etl_sql("SELECT eds.load_staged($1::bigint, $2::timestamptz, $3::boolean)::text", 3, args);
+	}
+	ms_load = etl_ms_since(t);
+
+	eds_progress_phase("finish", NULL);
+	{
+		/* After a first load, the next window may repeat rows it saw: probe them. */
+		const char *next_probe = watermark == NULL ? "true" :
+			(noop && probe && strcmp(probe, "true") == 0) ? "true" : "false";
+		const char *state_args[3] = {noop ? watermark : sp.horizon, run_id_text, next_probe};
+
+		etl_sql("INSERT INTO audit.etl_state AS s (id, watermark, probe_inserts, last_success_run) "
+				"VALUES (1, $1::xid8, $3::boolean, $2::bigint) "
+				"ON CONFLICT (id) DO UPDATE SET watermark = excluded.watermark, "
+				"probe_inserts = excluded.probe_inserts, last_success_run = excluded.last_success_run",
+				3, state_args);
+	}
+	{
+		char	   *phases = psprintf("{\"connect\": %.1f, \"extract\": %.1f, \"load\": %.1f}",
+									  ms_connect, ms_extract, ms_load);
+		const char *args[11] = {run_id_text, mode, source_desc, sp.is_replica ? "true" : "false",
+			watermark, noop ? watermark : sp.horizon, sp.lsn, sp.time, counts, phases, note};
+
+		etl_sql("UPDATE audit.etl_runs SET status = 'success', run_finished_at = clock_timestamp(), "
+				"mode = $2, source_server = $3, source_is_replica = $4::boolean, from_txid = $5::xid8, "
+				"to_txid = $6::xid8, source_lsn = $7::pg_lsn, source_time = $8::timestamptz, "
+				"table_counts = $9::jsonb, phase_ms = $10::jsonb, note = $11, "
+				"rows_read = (SELECT sum((v->>'read')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
+				"rows_inserted = (SELECT sum((v->>'inserted')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
+				"rows_updated = (SELECT sum((v->>'updated')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
+				"rows_deleted = (SELECT sum((v->>'deleted')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
+				"rows_rejected = ($9::jsonb #>> '{payments,rejected}')::bigint "
+				"WHERE run_id = $1::bigint", 11, args);
+	}
+	etl_commit();
+	return !sp.is_replica && !noop;
+}
+
+/*
+ * After the warehouse commit: tell the source how far this warehouse has
+ * read and let it purge what every consumer has loaded.  Best effort: a
+ * failure here loses nothing (the next run repeats it), so it only warns.
+ */
+static void
+etl_acknowledge(const char *run_id_text)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		char	   *consumer;
+		char	   *watermark;
+		char	   *rows;
+		char	   *sql;
+
+		etl_begin();
+		consumer = etl_sql("SELECT system_identifier::text || '/' || current_database() FROM pg_control_system()",
+						   0, NULL);
+		watermark = etl_sql("SELECT watermark::text FROM audit.etl_state", 0, NULL);
+		rows = etl_sql("SELECT coalesce(rows_read, 0)::text FROM audit.etl_runs WHERE run_id = $1::bigint",
+					   1, &run_id_text);
+		etl_commit();
+
+		sql = psprintf("SELECT eds.etl_acknowledge(%s, '%s'::xid8, %s, %s)",
+					   quote_literal_cstr(consumer), watermark, run_id_text, rows);
+		PQclear(eds_remote_exec(sql, PGRES_TUPLES_OK, "recording the extract on the source"));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(WARNING,
+				(errmsg("eds ETL run %s loaded, but could not record the extract on the source: %s",
+						run_id_text, edata->message),
+				 errhint("The source's change log is purged on a later run; nothing is lost.")));
+	}
+	PG_END_TRY();
+}
+
+/* Keep audit.etl_runs, its rejects and pg_cron's history for eds.etl_run_retention days. */
+static void
+etl_prune_history(void)
+{
+	char	   *days = psprintf("%d", eds_etl_run_retention);
+	const char *args[1] = {days};
+
+	etl_begin();
+	etl_sql("DELETE FROM audit.etl_rejects WHERE run_id IN (SELECT run_id FROM audit.etl_runs "
+			"WHERE status <> 'running' AND run_started_at < now() - make_interval(days => $1::integer))",
+			1, args);
+	etl_sql("DELETE FROM audit.etl_runs WHERE status <> 'running' "
+			"AND run_started_at < now() - make_interval(days => $1::integer)", 1, args);
+	if (etl_sql("SELECT 1 WHERE to_regclass('cron.job_run_details') IS NOT NULL", 0, NULL))
+		etl_sql("DELETE FROM cron.job_run_details WHERE jobid IN "
+				"(SELECT jobid FROM cron.job WHERE jobname = 'eds_etl') "
+				"AND start_time < now() - make_interval(days => $1::integer)", 1, args);
+	etl_commit();
+}
+
+void
+eds_etl_run(int64 token)
+{
+	char	   *token_text = psprintf(INT64_FORMAT, token);
+	char	   *run_id_text;
+	int64		run_id;
+	MemoryContext runcxt = CurrentMemoryContext;
+	bool		source_is_primary = false;
+
+	/* One run at a time: a session lock, held until this worker exits. */
+	etl_begin();
+	if (strcmp(etl_sql("SELECT pg_try_advisory_lock(" CppAsString2(ETL_LOCK_KEY1) ", "
+					   CppAsString2(ETL_LOCK_KEY2) ")::text", 0, NULL), "true") != 0)
+	{
+		const char *args[1] = {token_text};
+
+		etl_sql("INSERT INTO audit.etl_runs (status, request_token, run_finished_at, note) "
+				"SELECT 'skipped', $1::bigint, clock_timestamp(), "
+				"coalesce('run ' || max(run_id) || ' was in progress', 'another run was in progress') "
+				"FROM audit.etl_runs WHERE status = 'running'", 1, args);
+		etl_commit();
+		return;
+	}
+	etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
+			"error_message = 'interrupted: the server or the ETL worker stopped during the run' "
+			"WHERE status = 'running'", 0, NULL);
+	{
+		const char *args[1] = {token_text};
+
+		run_id_text = MemoryContextStrdup(runcxt,
+										  etl_sql("INSERT INTO audit.etl_runs (status, request_token) "
+												  "VALUES ('running', $1::bigint) RETURNING run_id::text",
+												  1, args));
+	}
+	etl_commit();
+	run_id = pg_strtoint64(run_id_text);
+	eds_progress_start(run_id);
+	pgstat_report_activity(STATE_RUNNING, psprintf("eds ETL run %s", run_id_text));
+
+	PG_TRY();
+	{
+		source_is_primary = etl_load(run_id, run_id_text);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(runcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		eds_remote_disconnect();
+		AbortCurrentTransaction();
+
+		/* A fresh transaction, so the failure survives the rollback. */
+		etl_begin();
+		{
+			const char *args[3] = {run_id_text, edata->message,
+			edata->detail ? edata->detail : edata->hint};
+
+			etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
+					"error_message = $2, error_detail = $3 WHERE run_id = $1::bigint", 3, args);
+		}
+		etl_commit();
+		ereport(LOG,
+				(errmsg("eds ETL run %s failed: %s", run_id_text, edata->message)));
+		eds_progress_end();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		return;
+	}
+	PG_END_TRY();
+
+	if (source_is_primary)
+		etl_acknowledge(run_id_text);
+	eds_remote_disconnect();
+	etl_prune_history();
+	eds_progress_end();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}

@@ -1,0 +1,144 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		eds_run_etl(): start the ETL background worker and wait for it.
+ *
+ * The run happens in a dynamic background worker so that it owns its
+ * transactions: it commits the 'running' row, the load, and (after an
+ * abort) the failure, none of which a function inside the caller's
+ * transaction could do.  The caller waits; if the caller is cancelled it
+ * cancels the worker (SIGINT), which then records the run as failed.  The
+ * worker connects to the caller's database as the caller's role, so the
+ * user mapping used is the caller's.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+
+#include "eds.h"
+
+PG_FUNCTION_INFO_V1(eds_run_etl);
+PGDLLEXPORT void eds_etl_worker_main(Datum main_arg);
+
+typedef struct EtlWorkerArgs
+{
+	Oid			database;
+	Oid			role;
+} EtlWorkerArgs;
+
+void
+eds_etl_worker_main(Datum main_arg)
+{
+	EtlWorkerArgs args;
+
+	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
+
+	/* SIGINT cancels the running statement (an ERROR we record); SIGTERM ends us. */
+	pqsignal(SIGINT, StatementCancelHandler);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnectionByOid(args.database, args.role, 0);
+	pgstat_report_appname("eds etl");
+
+	eds_etl_run(DatumGetInt64(main_arg));
+	proc_exit(0);
+}
+
+Datum
+eds_run_etl(PG_FUNCTION_ARGS)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	BgwHandleStatus status;
+	EtlWorkerArgs args;
+	pid_t		pid = 0;
+	int64		token;
+	TupleDesc	tupdesc;
+	Datum		result;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "eds_run_etl must return a row");
+
+	/* The worker finds its run row by this token. */
+	if (!pg_strong_random(&token, sizeof(token)))
+		elog(ERROR, "could not generate a random token");
+	token &= PG_INT64_MAX;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "eds", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "eds_etl_worker_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "eds ETL worker", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "eds etl", BGW_MAXLEN);
+	worker.bgw_main_arg = Int64GetDatum(token);
+	args.database = MyDatabaseId;
+	args.role = GetUserId();
+	memcpy(worker.bgw_extra, &args, sizeof(args));
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("could not start the eds ETL worker"),
+				 errhint("All background worker slots are in use; raise max_worker_processes.")));
+
+	status = WaitForBackgroundWorkerStartup(handle, &pid);
+	if (status == BGWH_POSTMASTER_DIED)
+		ereport(ERROR,
+				(errcode(ERRCODE_ADMIN_SHUTDOWN),
+				 errmsg("the server stopped before the ETL worker started")));
+
+	/* Our cancel stops the worker too, which then records the failure. */
+	PG_TRY();
+	{
+		if (status == BGWH_STARTED)
+			status = WaitForBackgroundWorkerShutdown(handle);
+	}
+	PG_CATCH();
+	{
+		if (pid > 0)
+			kill(pid, SIGINT);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (status == BGWH_POSTMASTER_DIED)
+		ereport(ERROR,
+				(errcode(ERRCODE_ADMIN_SHUTDOWN),
+				 errmsg("the server stopped during the ETL run")));
+
+	/* Not read-only: that takes a fresh snapshot, which sees the worker's rows. */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	values[0] = Int64GetDatum(token);
+	if (SPI_execute_with_args("SELECT run_id, status, mode, rows_read, rows_inserted, rows_updated, "
+							  "rows_deleted, rows_rejected, run_finished_at - run_started_at, "
+							  "from_txid, to_txid, source_lsn, source_time, table_counts, error_message "
+							  "FROM audit.etl_runs WHERE request_token = $1",
+							  1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the ETL run row");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("the ETL worker ended without recording its run"),
+				 errhint("See the server log around this time; the worker may have been terminated.")));
+	result = PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], tupdesc));
+	SPI_finish();
+	PG_RETURN_DATUM(result);
+}
