@@ -802,7 +802,299 @@ SELECT pg_catalog.pg_extension_config_dump('audit.etl_runs_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.etl_rejects', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.etl_rejects_reject_id_seq', '');
 
--- @@WAREHOUSE_VIEWS@@
+-- ===========================================================================
+-- Warehouse: documentation, analyst views, and the analysts' role
+-- ===========================================================================
+
+-- ---------------------------------------------------------------------------
+-- Table and column comments (Metabase shows them as descriptions)
+-- ---------------------------------------------------------------------------
+COMMENT ON TABLE warehouse.dim_date IS
+	'Calendar: one row per day from 2018-01-01 to 2050-12-31. Join facts to it on date_sk to group by month, quarter, weekday and so on';
+COMMENT ON COLUMN warehouse.dim_date.date_sk IS 'Date key: the date as the number YYYYMMDD, e.g. 20240131';
+COMMENT ON COLUMN warehouse.dim_date.full_date IS 'The date itself';
+COMMENT ON COLUMN warehouse.dim_date.day IS 'Day of the month, 1 to 31';
+COMMENT ON COLUMN warehouse.dim_date.month IS 'Month number, 1 (January) to 12 (December)';
+COMMENT ON COLUMN warehouse.dim_date.month_name IS 'Month name in English, e.g. January';
+COMMENT ON COLUMN warehouse.dim_date.quarter IS 'Quarter of the year, 1 to 4';
+COMMENT ON COLUMN warehouse.dim_date.year IS 'Calendar year, e.g. 2024';
+COMMENT ON COLUMN warehouse.dim_date.week_of_year IS 'ISO week number, 1 to 53 (weeks start on Monday)';
+COMMENT ON COLUMN warehouse.dim_date.day_name IS 'Weekday name in English, e.g. Monday';
+COMMENT ON COLUMN warehouse.dim_date.is_weekend IS 'True on Saturdays and Sundays';
+COMMENT ON COLUMN warehouse.dim_date.is_month_end IS 'True on the last day of the month';
+
+COMMENT ON TABLE warehouse.dim_customer IS
+	'Customers (borrowers), with history: a new version (row) is added whenever the name, city or segment changes, or the customer is deleted. For the customer as they are now, filter on is_current';
+COMMENT ON COLUMN warehouse.dim_customer.customer_sk IS 'Warehouse key of this version of the customer; facts point to the version in effect when they happened';
+COMMENT ON COLUMN warehouse.dim_customer.customer_id IS 'Customer number in the loan system; the same for every version of a customer';
+COMMENT ON COLUMN warehouse.dim_customer.version_no IS 'Version of the customer: 1 for the first, then 2, 3, ... each time the name, city or segment changed or the customer was deleted';
+COMMENT ON COLUMN warehouse.dim_customer.full_name IS 'Name of the person or business, as of this version';
+COMMENT ON COLUMN warehouse.dim_customer.email IS 'E-mail address; corrections overwrite the current version (no new version is made)';
+COMMENT ON COLUMN warehouse.dim_customer.phone IS 'Phone number; corrections overwrite the current version (no new version is made)';
+COMMENT ON COLUMN warehouse.dim_customer.city IS 'City, as of this version';
+COMMENT ON COLUMN warehouse.dim_customer.country IS 'Country; corrections overwrite the current version (no new version is made)';
+COMMENT ON COLUMN warehouse.dim_customer.segment IS 'Customer segment as of this version: retail, sme or corporate';
+COMMENT ON COLUMN warehouse.dim_customer.effective_from IS 'When this version took effect (inclusive). Version 1 starts when the customer was created and also covers anything earlier';
+COMMENT ON COLUMN warehouse.dim_customer.effective_to IS 'When this version was replaced (exclusive: the version is valid before this instant); ''infinity'' for the current version';
+COMMENT ON COLUMN warehouse.dim_customer.is_current IS 'True on the latest version of each customer (exactly one per customer)';
+COMMENT ON COLUMN warehouse.dim_customer.is_deleted IS 'True if the customer was deleted in the loan system: this version records the deletion and keeps the last known name, city and segment';
+
+COMMENT ON TABLE warehouse.dim_loan IS
+	'Loans, one row each, with their current terms and status (changes overwrite the row; no history). Loans deleted in the loan system are kept and flagged is_deleted';
+COMMENT ON COLUMN warehouse.dim_loan.loan_sk IS 'Warehouse key of the loan';
+COMMENT ON COLUMN warehouse.dim_loan.loan_id IS 'Loan number in the loan system';
+COMMENT ON COLUMN warehouse.dim_loan.customer_id IS 'Customer number of the borrower (matches dim_customer.customer_id; use is_current for their present details)';
+COMMENT ON COLUMN warehouse.dim_loan.product_name IS 'Loan product, e.g. Personal Loan, Mortgage';
+COMMENT ON COLUMN warehouse.dim_loan.product_type IS 'Kind of product: personal, business, asset or mortgage';
+COMMENT ON COLUMN warehouse.dim_loan.amount IS 'Principal lent (the loan amount)';
+COMMENT ON COLUMN warehouse.dim_loan.interest_rate IS 'Annual interest rate in percent';
+COMMENT ON COLUMN warehouse.dim_loan.tenure_months IS 'Length of the loan in months';
+COMMENT ON COLUMN warehouse.dim_loan.status IS 'Current status: pending (not yet disbursed), active, repaid or defaulted';
+COMMENT ON COLUMN warehouse.dim_loan.branch_code IS 'Branch that owns the loan, e.g. NBO-01';
+COMMENT ON COLUMN warehouse.dim_loan.loan_officer IS 'Code of the loan officer in charge, e.g. LO-007';
+COMMENT ON COLUMN warehouse.dim_loan.disbursed_at IS 'When the money was paid out; empty while the loan is pending';
+COMMENT ON COLUMN warehouse.dim_loan.maturity_date IS 'Date the loan is due to be fully repaid';
+COMMENT ON COLUMN warehouse.dim_loan.is_deleted IS 'True if the loan was deleted in the loan system (it is then also removed from fact_loans)';
+
+COMMENT ON TABLE warehouse.dim_payment_method IS 'Ways a payment can be made (M-Pesa, bank transfer, cash, cheque, online)';
+COMMENT ON COLUMN warehouse.dim_payment_method.method_sk IS 'Warehouse key of the method; 0 is Unknown';
+COMMENT ON COLUMN warehouse.dim_payment_method.method_code IS 'Method code as used by the loan system, e.g. mpesa';
+COMMENT ON COLUMN warehouse.dim_payment_method.method_name IS 'Method name for display, e.g. M-Pesa';
+
+COMMENT ON TABLE warehouse.fact_payments IS
+	'Repayments: one row per payment, split into principal, interest and penalty. Stored in monthly partitions (by payment time, UTC) that the ETL creates; query this table, not the partitions';
+COMMENT ON COLUMN warehouse.fact_payments.payment_id IS 'Payment number in the loan system';
+COMMENT ON COLUMN warehouse.fact_payments.payment_date IS 'When the payment was made (date and time)';
+COMMENT ON COLUMN warehouse.fact_payments.date_sk IS 'Day of the payment (UTC) as a dim_date key, YYYYMMDD';
+COMMENT ON COLUMN warehouse.fact_payments.customer_sk IS 'The version of the customer (dim_customer) in effect when the payment was made';
+COMMENT ON COLUMN warehouse.fact_payments.loan_sk IS 'The loan paid (dim_loan)';
+COMMENT ON COLUMN warehouse.fact_payments.method_sk IS 'How it was paid (dim_payment_method); 0 if unknown';
+COMMENT ON COLUMN warehouse.fact_payments.customer_id IS 'Customer number of the borrower in the loan system';
+COMMENT ON COLUMN warehouse.fact_payments.loan_id IS 'Loan number in the loan system';
+COMMENT ON COLUMN warehouse.fact_payments.payment_amount IS 'Total amount paid: principal + interest + penalty';
+COMMENT ON COLUMN warehouse.fact_payments.principal_portion IS 'Part of the payment that repaid principal (lowers the balance owed)';
+COMMENT ON COLUMN warehouse.fact_payments.interest_portion IS 'Part of the payment that paid interest';
+COMMENT ON COLUMN warehouse.fact_payments.penalty_portion IS 'Part of the payment that paid late-payment penalties';
+COMMENT ON COLUMN warehouse.fact_payments.customer_segment IS 'The customer''s segment (retail, sme, corporate) when the payment was made';
+COMMENT ON COLUMN warehouse.fact_payments.loan_status IS 'The loan''s current status (pending, active, repaid, defaulted), not its status at the time of payment';
+COMMENT ON COLUMN warehouse.fact_payments.branch_code IS 'The branch that currently owns the loan, e.g. NBO-01';
+
+COMMENT ON TABLE warehouse.fact_loans IS
+	'Loan portfolio: one row per loan with its current balance, status and payment totals (loans deleted in the loan system are removed)';
+COMMENT ON COLUMN warehouse.fact_loans.loan_id IS 'Loan number in the loan system';
+COMMENT ON COLUMN warehouse.fact_loans.loan_sk IS 'The loan (dim_loan)';
+COMMENT ON COLUMN warehouse.fact_loans.customer_sk IS 'The borrower''s current version (dim_customer)';
+COMMENT ON COLUMN warehouse.fact_loans.customer_id IS 'Customer number of the borrower in the loan system';
+COMMENT ON COLUMN warehouse.fact_loans.principal_amount IS 'Principal lent (the loan amount)';
+COMMENT ON COLUMN warehouse.fact_loans.outstanding_balance IS 'Principal still owed';
+COMMENT ON COLUMN warehouse.fact_loans.total_paid IS 'Sum of all payments on the loan so far (principal, interest and penalties)';
+COMMENT ON COLUMN warehouse.fact_loans.payment_count IS 'Number of payments on the loan so far';
+COMMENT ON COLUMN warehouse.fact_loans.loan_status IS 'Current status: pending (not yet disbursed), active, repaid or defaulted';
+COMMENT ON COLUMN warehouse.fact_loans.customer_segment IS 'The borrower''s current segment: retail, sme or corporate';
+COMMENT ON COLUMN warehouse.fact_loans.branch_code IS 'Branch that owns the loan, e.g. NBO-01';
+COMMENT ON COLUMN warehouse.fact_loans.disbursed_at IS 'When the money was paid out; empty while the loan is pending';
+COMMENT ON COLUMN warehouse.fact_loans.is_active IS 'True if the loan is being repaid (status active)';
+COMMENT ON COLUMN warehouse.fact_loans.is_defaulted IS 'True if the loan has defaulted (status defaulted)';
+COMMENT ON COLUMN warehouse.fact_loans.is_repaid IS 'True if the loan is fully repaid (status repaid)';
+
+COMMENT ON TABLE staging.stg_loan_products IS 'ETL scratch: loan products extracted by the current run (emptied at the start of each run)';
+COMMENT ON TABLE staging.stg_customers IS 'ETL scratch: customers extracted by the current run, or their deletion (emptied at the start of each run)';
+COMMENT ON TABLE staging.stg_loans IS 'ETL scratch: loans extracted by the current run, or their deletion (emptied at the start of each run)';
+COMMENT ON TABLE staging.stg_payments IS 'ETL scratch: payments extracted by the current run, or their deletion, with the reason when rejected (emptied at the start of each run)';
+
+COMMENT ON TABLE audit.etl_runs IS 'One row per ETL run (eds_run_etl()): when, from which source, how far, how many rows, and how it ended';
+COMMENT ON COLUMN audit.etl_runs.run_id IS 'Run number, increasing';
+COMMENT ON COLUMN audit.etl_runs.status IS 'running (in progress), success, failed (see error_message) or skipped (another run was in progress)';
+COMMENT ON COLUMN audit.etl_runs.run_started_at IS 'When the run started';
+COMMENT ON COLUMN audit.etl_runs.run_finished_at IS 'When the run ended; empty while running';
+COMMENT ON COLUMN audit.etl_runs.mode IS 'full (first load of an empty warehouse) or incremental (only what changed since the last run)';
+COMMENT ON COLUMN audit.etl_runs.requested_by IS 'Database user who started the run (the pg_cron job''s owner for scheduled runs)';
+COMMENT ON COLUMN audit.etl_runs.request_token IS 'Internal: matches the run to the eds_run_etl() call that asked for it';
+COMMENT ON COLUMN audit.etl_runs.source_server IS 'Connection options of the source read (host, port, dbname, user; never the password)';
+COMMENT ON COLUMN audit.etl_runs.source_is_replica IS 'True if the source was a read-only streaming replica rather than the primary';
+COMMENT ON COLUMN audit.etl_runs.from_txid IS 'Start of the source transaction window (xid8) this run loaded: the previous watermark; empty for a full load';
+COMMENT ON COLUMN audit.etl_runs.to_txid IS 'End of the source transaction window (xid8, exclusive) this run loaded: the new watermark, where the next run starts';
+COMMENT ON COLUMN audit.etl_runs.source_lsn IS 'Source WAL position the loaded data is consistent as of';
+COMMENT ON COLUMN audit.etl_runs.source_time IS 'Source clock time the loaded data is consistent as of';
+COMMENT ON COLUMN audit.etl_runs.rows_read IS 'Rows read from the source, all tables together';
+COMMENT ON COLUMN audit.etl_runs.rows_inserted IS 'Rows added to the warehouse, all tables together';
+COMMENT ON COLUMN audit.etl_runs.rows_updated IS 'Rows changed in the warehouse (including new customer versions), all tables together';
+COMMENT ON COLUMN audit.etl_runs.rows_deleted IS 'Rows deleted or flagged deleted in the warehouse, all tables together';
+COMMENT ON COLUMN audit.etl_runs.rows_rejected IS 'Source payments the warehouse refused (listed in audit.etl_rejects)';
+COMMENT ON COLUMN audit.etl_runs.table_counts IS 'Per table (customers, loans, payments, fact_loans): rows read, inserted, updated, deleted and rejected, as JSON';
+COMMENT ON COLUMN audit.etl_runs.phase_ms IS 'Milliseconds spent in each phase (connect, extract, load), as JSON';
+COMMENT ON COLUMN audit.etl_runs.error_message IS 'Why the run failed';
+COMMENT ON COLUMN audit.etl_runs.error_detail IS 'More about the failure, or a hint to fix it';
+COMMENT ON COLUMN audit.etl_runs.note IS 'Remark on an unusual run, e.g. why it was skipped or loaded nothing';
+
+COMMENT ON COLUMN audit.etl_state.id IS 'Always 1: the table has at most one row';
+COMMENT ON COLUMN audit.etl_state.watermark IS 'Source transaction id (xid8) the warehouse has loaded up to (exclusive); the next run loads changes from here on';
+COMMENT ON COLUMN audit.etl_state.probe_inserts IS 'Internal: true when the next run must check whether new source payments are already in the warehouse (after a first load)';
+COMMENT ON COLUMN audit.etl_state.last_success_run IS 'The last successful run (audit.etl_runs.run_id)';
+
+COMMENT ON TABLE audit.etl_rejects IS 'Source rows an ETL run could not load, with the reason; fix them on the source and the next run picks them up';
+COMMENT ON COLUMN audit.etl_rejects.reject_id IS 'Reject number, increasing';
+COMMENT ON COLUMN audit.etl_rejects.run_id IS 'The run that rejected the row (audit.etl_runs)';
+COMMENT ON COLUMN audit.etl_rejects.table_name IS 'Source table of the row, e.g. payments';
+COMMENT ON COLUMN audit.etl_rejects.source_key IS 'Key of the row on the source, e.g. the payment number';
+COMMENT ON COLUMN audit.etl_rejects.reason IS 'Why the row was rejected';
+COMMENT ON COLUMN audit.etl_rejects.row_data IS 'The rejected row as read from the source, as JSON';
+COMMENT ON COLUMN audit.etl_rejects.rejected_at IS 'When the row was rejected';
+
+-- ---------------------------------------------------------------------------
+-- Views for analysts (Metabase)
+-- ---------------------------------------------------------------------------
+CREATE VIEW warehouse.vw_monthly_revenue AS
+SELECT d.year, d.month, d.month_name,
+	   sum(f.payment_amount) AS total_revenue,
+	   sum(f.principal_portion) AS principal_collected,
+	   sum(f.interest_portion) AS interest_collected,
+	   sum(f.penalty_portion) AS penalty_collected,
+	   count(*) AS payment_count
+  FROM warehouse.fact_payments f
+  JOIN warehouse.dim_date d ON d.date_sk = f.date_sk
+ GROUP BY d.year, d.month, d.month_name;
+COMMENT ON VIEW warehouse.vw_monthly_revenue IS
+	'Money collected per calendar month (UTC), split into principal, interest and penalties; one row per month that has payments';
+COMMENT ON COLUMN warehouse.vw_monthly_revenue.year IS 'Calendar year';
+COMMENT ON COLUMN warehouse.vw_monthly_revenue.month IS 'Month number, 1 to 12 (sort by year, month)';
+COMMENT ON COLUMN warehouse.vw_monthly_revenue.month_name IS 'Month name, e.g. January';
+COMMENT ON COLUMN warehouse.vw_monthly_revenue.total_revenue IS 'Total of all payments received in the month';
+COMMENT ON COLUMN warehouse.vw_monthly_revenue.principal_collected IS 'Part of the month''s payments that repaid principal';
+COMMENT ON COLUMN warehouse.vw_monthly_revenue.interest_collected IS 'Part of the month''s payments that paid interest';
+COMMENT ON COLUMN warehouse.vw_monthly_revenue.penalty_collected IS 'Part of the month''s payments that paid late-payment penalties';
+COMMENT ON COLUMN warehouse.vw_monthly_revenue.payment_count IS 'Number of payments received in the month';
+
+-- Attributes from each customer's current version (is_current), which for a
+-- deleted customer is the version recording the deletion, carrying their
+-- last known name, segment and city.
+CREATE VIEW warehouse.vw_top_customers AS
+SELECT p.customer_id, c.full_name, c.segment, c.city,
+	   p.total_paid, p.payment_count, p.loan_count, p.last_payment_date
+  FROM (SELECT f.customer_id,
+			   sum(f.payment_amount) AS total_paid,
+			   count(*) AS payment_count,
+			   count(DISTINCT f.loan_id) AS loan_count,
+			   max(f.payment_date) AS last_payment_date
+		  FROM warehouse.fact_payments f
+		 GROUP BY f.customer_id) p
+  LEFT JOIN warehouse.dim_customer c ON c.customer_id = p.customer_id AND c.is_current
+ ORDER BY p.total_paid DESC, p.customer_id;
+COMMENT ON VIEW warehouse.vw_top_customers IS
+	'Customers who have paid, biggest payers first: total paid, number of payments and loans, last payment. Name, segment and city are the customer''s current ones (for a deleted customer, the last known ones)';
+COMMENT ON COLUMN warehouse.vw_top_customers.customer_id IS 'Customer number in the loan system';
+COMMENT ON COLUMN warehouse.vw_top_customers.full_name IS 'Name of the person or business (current)';
+COMMENT ON COLUMN warehouse.vw_top_customers.segment IS 'Customer segment (current): retail, sme or corporate';
+COMMENT ON COLUMN warehouse.vw_top_customers.city IS 'City (current)';
+COMMENT ON COLUMN warehouse.vw_top_customers.total_paid IS 'Total of all the customer''s payments, on all loans';
+COMMENT ON COLUMN warehouse.vw_top_customers.payment_count IS 'Number of payments the customer made';
+COMMENT ON COLUMN warehouse.vw_top_customers.loan_count IS 'Number of different loans the customer made payments on';
+COMMENT ON COLUMN warehouse.vw_top_customers.last_payment_date IS 'Date and time of the customer''s latest payment';
+
+CREATE VIEW warehouse.vw_loan_status_distribution AS
+SELECT f.loan_status,
+	   count(*) AS loan_count,
+	   sum(f.principal_amount) AS total_principal,
+	   sum(f.outstanding_balance) AS total_outstanding,
+	   round(100.0 * count(*) / NULLIF(sum(count(*)) OVER (), 0), 2) AS share_of_loans
+  FROM warehouse.fact_loans f
+ GROUP BY f.loan_status;
+COMMENT ON VIEW warehouse.vw_loan_status_distribution IS
+	'Loans by current status (pending, active, repaid, defaulted): how many, how much was lent and is still owed, and the share of all loans';
+COMMENT ON COLUMN warehouse.vw_loan_status_distribution.loan_status IS 'Loan status: pending (not yet disbursed), active, repaid or defaulted';
+COMMENT ON COLUMN warehouse.vw_loan_status_distribution.loan_count IS 'Number of loans with this status';
+COMMENT ON COLUMN warehouse.vw_loan_status_distribution.total_principal IS 'Total principal lent on these loans';
+COMMENT ON COLUMN warehouse.vw_loan_status_distribution.total_outstanding IS 'Total principal still owed on these loans';
+COMMENT ON COLUMN warehouse.vw_loan_status_distribution.share_of_loans IS 'Percentage of all loans that have this status (0 to 100, two decimals)';
+
+CREATE VIEW warehouse.vw_payment_by_method AS
+SELECT m.method_code, m.method_name,
+	   count(*) AS payment_count,
+	   sum(f.payment_amount) AS total_amount,
+	   round(100.0 * sum(f.payment_amount) / NULLIF(sum(sum(f.payment_amount)) OVER (), 0), 2) AS share_of_amount
+  FROM warehouse.fact_payments f
+  JOIN warehouse.dim_payment_method m ON m.method_sk = f.method_sk
+ GROUP BY m.method_code, m.method_name;
+COMMENT ON VIEW warehouse.vw_payment_by_method IS
+	'Payments by payment method (M-Pesa, bank transfer, cash, ...): how many, how much, and the share of all money received; only methods that were used';
+COMMENT ON COLUMN warehouse.vw_payment_by_method.method_code IS 'Method code as used by the loan system, e.g. mpesa';
+COMMENT ON COLUMN warehouse.vw_payment_by_method.method_name IS 'Method name, e.g. M-Pesa';
+COMMENT ON COLUMN warehouse.vw_payment_by_method.payment_count IS 'Number of payments made this way';
+COMMENT ON COLUMN warehouse.vw_payment_by_method.total_amount IS 'Total amount paid this way';
+COMMENT ON COLUMN warehouse.vw_payment_by_method.share_of_amount IS 'Percentage of all money received that was paid this way (0 to 100, two decimals)';
+
+CREATE VIEW warehouse.vw_portfolio_by_segment AS
+SELECT f.customer_segment AS segment,
+	   count(*) AS loan_count,
+	   sum(f.principal_amount) AS total_principal,
+	   sum(f.outstanding_balance) AS total_outstanding,
+	   count(*) FILTER (WHERE f.is_defaulted) AS defaulted_count,
+	   round(100.0 * count(*) FILTER (WHERE f.is_defaulted) / NULLIF(count(*), 0), 2) AS default_rate,
+	   count(*) FILTER (WHERE f.is_repaid) AS repaid_count
+  FROM warehouse.fact_loans f
+ GROUP BY f.customer_segment;
+COMMENT ON VIEW warehouse.vw_portfolio_by_segment IS
+	'Loan portfolio by the borrower''s current segment (retail, sme, corporate): loans, amounts lent and owed, defaults and repayments';
+COMMENT ON COLUMN warehouse.vw_portfolio_by_segment.segment IS 'Customer segment of the borrowers (current): retail, sme or corporate';
+COMMENT ON COLUMN warehouse.vw_portfolio_by_segment.loan_count IS 'Number of loans in the segment (all statuses)';
+COMMENT ON COLUMN warehouse.vw_portfolio_by_segment.total_principal IS 'Total principal lent to the segment';
+COMMENT ON COLUMN warehouse.vw_portfolio_by_segment.total_outstanding IS 'Total principal the segment still owes';
+COMMENT ON COLUMN warehouse.vw_portfolio_by_segment.defaulted_count IS 'Number of the segment''s loans that have defaulted';
+COMMENT ON COLUMN warehouse.vw_portfolio_by_segment.default_rate IS 'Percentage of the segment''s loans that have defaulted (0 to 100, two decimals)';
+COMMENT ON COLUMN warehouse.vw_portfolio_by_segment.repaid_count IS 'Number of the segment''s loans that are fully repaid';
+
+CREATE VIEW warehouse.vw_branch_collections AS
+SELECT f.branch_code, d.year, d.month, d.month_name,
+	   sum(f.payment_amount) AS collected,
+	   count(*) AS payment_count
+  FROM warehouse.fact_payments f
+  JOIN warehouse.dim_date d ON d.date_sk = f.date_sk
+ GROUP BY f.branch_code, d.year, d.month, d.month_name;
+COMMENT ON VIEW warehouse.vw_branch_collections IS
+	'Money collected per branch and calendar month (UTC); a payment counts for the branch that currently owns its loan';
+COMMENT ON COLUMN warehouse.vw_branch_collections.branch_code IS 'Branch that owns the loans, e.g. NBO-01 (empty for loans without a branch)';
+COMMENT ON COLUMN warehouse.vw_branch_collections.year IS 'Calendar year';
+COMMENT ON COLUMN warehouse.vw_branch_collections.month IS 'Month number, 1 to 12 (sort by year, month)';
+COMMENT ON COLUMN warehouse.vw_branch_collections.month_name IS 'Month name, e.g. January';
+COMMENT ON COLUMN warehouse.vw_branch_collections.collected IS 'Total of the payments on the branch''s loans in the month';
+COMMENT ON COLUMN warehouse.vw_branch_collections.payment_count IS 'Number of payments on the branch''s loans in the month';
+
+-- ---------------------------------------------------------------------------
+-- The analysts' group role (Metabase logs in as a member of it).  Like the
+-- other group roles it is cluster-wide, not a member of the extension.
+-- ---------------------------------------------------------------------------
+DO $reader$
+DECLARE
+	r text;
+BEGIN
+	FOREACH r IN ARRAY ARRAY['warehouse_reader']
+	LOOP
+		IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) r) THEN
+			EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+	END LOOP;
+END
+$reader$;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA warehouse, staging, audit FROM PUBLIC;
+
+-- Read-only access to the star schema and its views; nothing on staging,
+-- eds or operational.
+GRANT USAGE ON SCHEMA warehouse TO warehouse_reader;
+-- fact_payments is partitioned and the ETL creates its monthly partitions
+-- later; SELECT on the parent is enough to read them all through it, so the
+-- partitions themselves get no grant (and Metabase lists only the parent).
+GRANT SELECT ON warehouse.dim_date, warehouse.dim_customer, warehouse.dim_loan,
+	warehouse.dim_payment_method, warehouse.fact_payments, warehouse.fact_loans,
+	warehouse.vw_monthly_revenue, warehouse.vw_top_customers,
+	warehouse.vw_loan_status_distribution, warehouse.vw_payment_by_method,
+	warehouse.vw_portfolio_by_segment, warehouse.vw_branch_collections
+	TO warehouse_reader;
+
+-- The ETL run history, for the dashboard; not the rejected rows (they hold
+-- source data) and not the ETL state.
+GRANT USAGE ON SCHEMA audit TO warehouse_reader;
+GRANT SELECT ON audit.etl_runs TO warehouse_reader;
 
 -- ===========================================================================
 -- The ETL: source declaration, the merge, scheduling, progress
@@ -841,6 +1133,27 @@ COMMENT ON FUNCTION eds_etl_progress() IS 'The ETL run in progress, if any: phas
 CREATE VIEW audit.etl_progress AS SELECT * FROM eds_etl_progress();
 COMMENT ON VIEW audit.etl_progress IS 'The ETL run in progress: phase (connect, extract, load, finish), table and rows done so far';
 
+-- Why a staged payment cannot go into the facts, or NULL when it can.
+CREATE FUNCTION eds.payment_problem(loan_id bigint, amount numeric, principal numeric, interest numeric,
+									penalty numeric, paid_at timestamptz)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+	SELECT CASE
+		WHEN loan_id IS NULL OR amount IS NULL OR paid_at IS NULL
+			 OR principal IS NULL OR interest IS NULL OR penalty IS NULL
+			THEN 'a required value is missing'
+		WHEN amount <= 0 THEN 'amount is not positive'
+		WHEN least(principal, interest, penalty) < 0 THEN 'a portion is negative'
+		WHEN amount <> principal + interest + penalty
+			THEN 'principal, interest and penalty do not add up to the amount'
+		WHEN paid_at < '2018-01-01 00:00+00' OR paid_at >= '2051-01-01 00:00+00'
+			THEN 'payment date is outside the calendar (2018-2050)'
+	END;
+END;
+COMMENT ON FUNCTION eds.payment_problem(bigint, numeric, numeric, numeric, numeric, timestamptz) IS
+	'Why a staged payment cannot be loaded (NULL when it can): the ETL''s validation rules';
+
 -- Monthly partitions of fact_payments, created as the staged rows need them.
 CREATE FUNCTION eds.ensure_fact_partitions() RETURNS integer
 LANGUAGE plpgsql
@@ -854,7 +1167,9 @@ BEGIN
 	FOR m IN
 		SELECT DISTINCT date_trunc('month', s.payment_date AT TIME ZONE 'UTC')::date
 		  FROM staging.stg_payments s
-		 WHERE s.reject_reason IS NULL AND NOT s.is_deleted
+		 WHERE NOT s.is_deleted
+		   AND eds.payment_problem(s.loan_id, s.amount, s.principal_portion, s.interest_portion,
+								   s.penalty_portion, s.payment_date) IS NULL
 		 ORDER BY 1
 	LOOP
 		part := 'fact_payments_' || to_char(m, 'YYYY_MM');
@@ -879,7 +1194,7 @@ REVOKE ALL ON FUNCTION eds.ensure_fact_partitions() FROM PUBLIC;
  * idempotent per key, so a key seen twice (by the first load and by the
  * window after it) ends in the same state.
  */
-CREATE FUNCTION eds.load_staged(p_run_id bigint, p_source_time timestamptz, p_probe_all boolean)
+CREATE FUNCTION eds.load_staged(p_run_id bigint, p_source_time timestamptz, p_probe_all boolean, p_full boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -892,7 +1207,13 @@ DECLARE
 	n bigint;
 BEGIN
 	CREATE TEMP TABLE eds_changed_customers (customer_id bigint PRIMARY KEY) ON COMMIT DROP;
+	CREATE TEMP TABLE eds_changed_loans (loan_id bigint PRIMARY KEY) ON COMMIT DROP;
 	CREATE TEMP TABLE eds_payment_delta (loan_id bigint, payment_id bigint, sign integer, amount numeric) ON COMMIT DROP;
+
+	-- The planner must know how small (or large) this run is: fresh
+	-- statistics of staging make it probe indexes for a small window
+	-- instead of scanning the facts.
+	ANALYZE staging.stg_loan_products, staging.stg_customers, staging.stg_loans, staging.stg_payments;
 
 	-- ---------------- dim_customer: SCD type 2 on name, city, segment
 	SELECT count(*) INTO c_read FROM staging.stg_customers;
@@ -926,6 +1247,7 @@ BEGIN
 		RETURNING customer_id, is_deleted
 	)
 	INSERT INTO eds_changed_customers SELECT customer_id FROM opened;
+	ANALYZE eds_changed_customers;
 	SELECT count(*) FILTER (WHERE d.is_deleted), count(*) FILTER (WHERE NOT d.is_deleted)
 	  INTO c_deleted, c_changed
 	  FROM eds_changed_customers x JOIN warehouse.dim_customer d ON d.customer_id = x.customer_id AND d.is_current;
@@ -970,9 +1292,12 @@ BEGIN
 			   (excluded.customer_id, excluded.product_name, excluded.product_type, excluded.amount,
 				excluded.interest_rate, excluded.tenure_months, excluded.status, excluded.branch_code,
 				excluded.loan_officer, excluded.disbursed_at, excluded.maturity_date, false)
-		RETURNING (xmax = 0) AS inserted
+		RETURNING d.loan_id, (xmax = 0) AS inserted
+	), changed AS (
+		INSERT INTO eds_changed_loans SELECT loan_id FROM up WHERE NOT inserted RETURNING loan_id
 	)
 	SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) INTO l_new, l_changed FROM up;
+	ANALYZE eds_changed_loans;
 	UPDATE warehouse.dim_loan d SET is_deleted = true
 	  FROM staging.stg_loans s
 	 WHERE s.is_deleted AND d.loan_id = s.loan_id AND NOT d.is_deleted;
@@ -980,28 +1305,24 @@ BEGIN
 
 	-- ---------------- fact_payments
 	SELECT count(*) INTO p_read FROM staging.stg_payments;
+	IF p_full THEN
+		-- The dimensions grew from nothing: the fact insert must join them by hash.
+		ANALYZE warehouse.dim_customer, warehouse.dim_loan;
+	END IF;
 
 	-- Rows the warehouse cannot take are rejected, with the reason.
-	UPDATE staging.stg_payments s
-	   SET reject_reason = CASE
-			WHEN s.loan_id IS NULL OR s.amount IS NULL OR s.payment_date IS NULL
-				 OR s.principal_portion IS NULL OR s.interest_portion IS NULL OR s.penalty_portion IS NULL
-				THEN 'a required value is missing'
-			WHEN s.amount <= 0 THEN 'amount is not positive'
-			WHEN least(s.principal_portion, s.interest_portion, s.penalty_portion) < 0 THEN 'a portion is negative'
-			WHEN s.amount <> s.principal_portion + s.interest_portion + s.penalty_portion
-				THEN 'principal, interest and penalty do not add up to the amount'
-			WHEN s.payment_date < '2018-01-01 00:00+00' OR s.payment_date >= '2051-01-01 00:00+00'
-				THEN 'payment date is outside the calendar (2018-2050)'
-			WHEN NOT EXISTS (SELECT FROM warehouse.dim_loan l WHERE l.loan_id = s.loan_id AND NOT l.is_deleted)
-				THEN 'its loan is not on the source'
-		 END
-	 WHERE NOT s.is_deleted;
 	INSERT INTO audit.etl_rejects (run_id, table_name, source_key, reason, row_data)
-	SELECT p_run_id, 'payments', s.payment_id, s.reject_reason,
+	SELECT p_run_id, 'payments', s.payment_id,
+		   coalesce(eds.payment_problem(s.loan_id, s.amount, s.principal_portion, s.interest_portion,
+										s.penalty_portion, s.payment_date),
+					'its loan is not on the source'),
 		   to_jsonb(s) - 'is_deleted' - 'touched' - 'reject_reason'
 	  FROM staging.stg_payments s
-	 WHERE s.reject_reason IS NOT NULL;
+	  LEFT JOIN warehouse.dim_loan l ON l.loan_id = s.loan_id AND NOT l.is_deleted
+	 WHERE NOT s.is_deleted
+	   AND (eds.payment_problem(s.loan_id, s.amount, s.principal_portion, s.interest_portion,
+								s.penalty_portion, s.payment_date) IS NOT NULL
+			OR l.loan_id IS NULL);
 	GET DIAGNOSTICS p_rejected = ROW_COUNT;
 
 	PERFORM eds.ensure_fact_partitions();
@@ -1028,22 +1349,32 @@ BEGIN
 			   s.amount, s.principal_portion, s.interest_portion, s.penalty_portion,
 			   c.segment, l.status, l.branch_code
 		  FROM staging.stg_payments s
-		  JOIN warehouse.dim_loan l ON l.loan_id = s.loan_id
+		  JOIN warehouse.dim_loan l ON l.loan_id = s.loan_id AND NOT l.is_deleted
 		  JOIN warehouse.dim_customer c
 			ON c.customer_id = l.customer_id
 		   AND (c.version_no = 1 OR c.effective_from <= s.payment_date)
 		   AND s.payment_date < c.effective_to
 		  LEFT JOIN warehouse.dim_payment_method m ON m.method_code = s.payment_method
-		 WHERE NOT s.is_deleted AND s.reject_reason IS NULL
+		 WHERE NOT s.is_deleted
+		   AND eds.payment_problem(s.loan_id, s.amount, s.principal_portion, s.interest_portion,
+								   s.penalty_portion, s.payment_date) IS NULL
 		RETURNING loan_id, payment_id, payment_amount
 	)
-	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, 1, payment_amount FROM ins;
+	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, 1, payment_amount FROM ins WHERE NOT p_full;
+	GET DIAGNOSTICS n = ROW_COUNT;
 
-	SELECT count(*) FILTER (WHERE ins AND NOT del), count(*) FILTER (WHERE ins AND del),
-		   count(*) FILTER (WHERE del AND NOT ins)
-	  INTO p_new, p_changed, p_deleted
-	  FROM (SELECT payment_id, bool_or(sign = 1) AS ins, bool_or(sign = -1) AS del
-			  FROM eds_payment_delta GROUP BY payment_id) x;
+	IF p_full THEN
+		-- First load: nothing existed, every row is new; totals come from the facts below.
+		SELECT count(*) INTO p_new FROM warehouse.fact_payments;
+		p_changed := 0;
+		p_deleted := 0;
+	ELSE
+		SELECT count(*) FILTER (WHERE ins AND NOT del), count(*) FILTER (WHERE ins AND del),
+			   count(*) FILTER (WHERE del AND NOT ins)
+		  INTO p_new, p_changed, p_deleted
+		  FROM (SELECT payment_id, bool_or(sign = 1) AS ins, bool_or(sign = -1) AS del
+				  FROM eds_payment_delta GROUP BY payment_id) x;
+	END IF;
 
 	-- A new customer version takes over the facts from its start on.
 	UPDATE warehouse.fact_payments f
@@ -1058,7 +1389,7 @@ BEGIN
 	UPDATE warehouse.fact_payments f
 	   SET loan_status = l.status, branch_code = l.branch_code
 	  FROM warehouse.dim_loan l
-	 WHERE l.loan_id IN (SELECT s.loan_id FROM staging.stg_loans s WHERE NOT s.is_deleted)
+	 WHERE l.loan_id IN (SELECT loan_id FROM eds_changed_loans)
 	   AND f.loan_id = l.loan_id
 	   AND (f.loan_status, f.branch_code) IS DISTINCT FROM (l.status, l.branch_code);
 
@@ -1103,11 +1434,24 @@ BEGIN
 	 WHERE s.is_deleted AND f.loan_id = s.loan_id;
 	GET DIAGNOSTICS f_deleted = ROW_COUNT;
 
-	UPDATE warehouse.fact_loans f
-	   SET total_paid = f.total_paid + d.amount, payment_count = f.payment_count + d.payments
-	  FROM (SELECT loan_id, sum(sign * amount) AS amount, sum(sign) AS payments
-			  FROM eds_payment_delta GROUP BY loan_id) d
-	 WHERE f.loan_id = d.loan_id AND (d.amount <> 0 OR d.payments <> 0);
+	IF p_full THEN
+		UPDATE warehouse.fact_loans f
+		   SET total_paid = d.amount, payment_count = d.payments
+		  FROM (SELECT loan_id, sum(payment_amount) AS amount, count(*) AS payments
+				  FROM warehouse.fact_payments GROUP BY loan_id) d
+		 WHERE f.loan_id = d.loan_id;
+	ELSE
+		UPDATE warehouse.fact_loans f
+		   SET total_paid = f.total_paid + d.amount, payment_count = f.payment_count + d.payments
+		  FROM (SELECT loan_id, sum(sign * amount) AS amount, sum(sign) AS payments
+				  FROM eds_payment_delta GROUP BY loan_id) d
+		 WHERE f.loan_id = d.loan_id AND (d.amount <> 0 OR d.payments <> 0);
+	END IF;
+
+	-- After a first load the tables grew from nothing: plan later runs on real sizes.
+	IF p_full THEN
+		ANALYZE warehouse.dim_customer, warehouse.dim_loan, warehouse.fact_payments, warehouse.fact_loans;
+	END IF;
 
 	RETURN jsonb_build_object(
 		'customers', jsonb_build_object('read', c_read, 'inserted', c_new, 'updated', c_changed + c_type1,
@@ -1118,9 +1462,9 @@ BEGIN
 		'fact_loans', jsonb_build_object('inserted', f_new, 'updated', f_changed, 'deleted', f_deleted));
 END
 $load$;
-COMMENT ON FUNCTION eds.load_staged(bigint, timestamptz, boolean) IS
+COMMENT ON FUNCTION eds.load_staged(bigint, timestamptz, boolean, boolean) IS
 	'Merges the staged rows of one ETL run into the star schema (called by the ETL worker)';
-REVOKE ALL ON FUNCTION eds.load_staged(bigint, timestamptz, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION eds.load_staged(bigint, timestamptz, boolean, boolean) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------
 -- Scheduling with pg_cron

@@ -342,10 +342,12 @@ etl_load(int64 run_id, const char *run_id_text)
 	t = GetCurrentTimestamp();
 	eds_progress_phase("load", NULL);
 	{
-		const char *args[3] = {run_id_text, sp.time,
-		(watermark && probe && strcmp(probe, "true") == 0) ? "true" : "false"};
+		const char *args[4] = {run_id_text, sp.time,
+			(watermark && probe && strcmp(probe, "true") == 0) ? "true" : "false",
+		watermark ? "false" : "true"};
 
-		counts = etl_sql("SELECT eds.load_staged($1::bigint, $2::timestamptz, $3::boolean)::text", 3, args);
+		counts = etl_sql("SELECT eds.load_staged($1::bigint, $2::timestamptz, $3::boolean, $4::boolean)::text",
+						 4, args);
 	}
 	ms_load = etl_ms_since(t);
 
