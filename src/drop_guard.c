@@ -7,7 +7,8 @@
  * The guard is an object_access_hook on OAT_DROP of relations.  Dependent
  * objects are dropped before the object they depend on, so every table that
  * belongs to eds is reported here while its rows are still readable.  If
- * one holds a row and eds.allow_drop_with_data is off, the drop fails and
+ * one whose rows matter holds a row and eds.allow_drop_with_data is off, the
+ * drop fails and
  * the whole transaction rolls back.  The extension's own upgrade scripts
  * (creating_extension) are not stopped: dropping a table there is a
  * deliberate, reviewed step.
@@ -25,6 +26,10 @@
 #include "catalog/objectaccess.h"
 #include "catalog/partition.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/syscache.h"
 #include "commands/extension.h"
 #include "executor/tuptable.h"
 #include "utils/lsyscache.h"
@@ -34,6 +39,33 @@
 #include "eds.h"
 
 static object_access_hook_type prev_object_access_hook = NULL;
+
+/* Is the table registered with pg_extension_config_dump by eds? */
+static bool
+dg_is_config_table(Oid eds_oid, Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(EXTENSIONOID, ObjectIdGetDatum(eds_oid));
+	bool		found = false;
+
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		config = SysCacheGetAttr(EXTENSIONOID, tup, Anum_pg_extension_extconfig, &isnull);
+
+		if (!isnull)
+		{
+			Datum	   *oids;
+			int			n;
+
+			deconstruct_array(DatumGetArrayTypeP(config), OIDOID, sizeof(Oid), true,
+							  TYPALIGN_INT, &oids, NULL, &n);
+			for (int i = 0; i < n && !found; i++)
+				found = (DatumGetObjectId(oids[i]) == relid);
+		}
+		ReleaseSysCache(tup);
+	}
+	return found;
+}
 
 /* Does the table hold at least one row visible to us? */
 static bool
@@ -56,7 +88,6 @@ static void
 dg_check_drop(Oid relid)
 {
 	Oid			eds_oid;
-	Oid			owner_relid;
 	char		relkind;
 
 	if (eds_allow_drop_with_data || creating_extension)
@@ -67,17 +98,20 @@ dg_check_drop(Oid relid)
 		return;
 
 	/*
-	 * A partition the ETL created is not an extension member itself, but
-	 * it goes with its eds-owned parent (fact_payments), so judge it by
-	 * the root of its partition tree.
+	 * Rows matter in the tables eds registered for pg_dump (reference data
+	 * the install script fills, like dim_date, does not count), and in the
+	 * partitions the ETL created under an eds table (fact_payments).
 	 */
 	eds_oid = get_extension_oid("eds", true);
 	if (!OidIsValid(eds_oid))
 		return;
-	owner_relid = relid;
 	if (get_rel_relispartition(relid))
-		owner_relid = llast_oid(get_partition_ancestors(relid));
-	if (getExtensionOfObject(RelationRelationId, owner_relid) != eds_oid)
+	{
+		if (getExtensionOfObject(RelationRelationId,
+								 llast_oid(get_partition_ancestors(relid))) != eds_oid)
+			return;
+	}
+	else if (!dg_is_config_table(eds_oid, relid))
 		return;
 
 	if (dg_table_has_rows(relid))

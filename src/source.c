@@ -17,6 +17,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 
 #include "libpq-fe.h"
 
@@ -43,6 +44,7 @@ eds_set_source(PG_FUNCTION_ARGS)
 	StringInfoData server_opts;
 	StringInfoData mapping_opts;
 	StringInfoData shown;
+	int			save_nestlevel;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -94,9 +96,12 @@ eds_set_source(PG_FUNCTION_ARGS)
 	}
 	PQconninfoFree(opts);
 
+	/* Replace any earlier declaration, with all its mappings, quietly. */
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("client_min_messages", "warning", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	/* Replace any earlier declaration, with all its mappings. */
 	SPI_execute("DROP SERVER IF EXISTS eds_source CASCADE", false, 0);
 	SPI_execute(psprintf("CREATE SERVER eds_source FOREIGN DATA WRAPPER eds_fdw%s%s%s",
 						 server_opts.len ? " OPTIONS (" : "", server_opts.data,
@@ -105,6 +110,7 @@ eds_set_source(PG_FUNCTION_ARGS)
 						 mapping_opts.len ? " OPTIONS (" : "", mapping_opts.data,
 						 mapping_opts.len ? ")" : ""), false, 0);
 	SPI_finish();
+	AtEOXact_GUC(true, save_nestlevel);
 
 	PG_RETURN_TEXT_P(cstring_to_text(shown.data));
 }

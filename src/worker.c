@@ -138,6 +138,28 @@ eds_run_etl(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("the ETL worker ended without recording its run"),
 				 errhint("See the server log around this time; the worker may have been terminated.")));
+
+	/*
+	 * A failed run is an error for the caller too (pg_cron then records the
+	 * job as failed); the run row with the details is already committed.
+	 */
+	{
+		bool		isnull;
+		char	   *run_status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+		if (strcmp(run_status, "failed") == 0)
+		{
+			int64		run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+															 SPI_tuptable->tupdesc, 1, &isnull));
+			char	   *message = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 15);
+
+			ereport(ERROR,
+					(errcode(ERRCODE_SQL_ROUTINE_EXCEPTION),
+					 errmsg("ETL run " INT64_FORMAT " failed: %s", run_id, message ? message : "unknown error"),
+					 errhint("The run is recorded in audit.etl_runs (error_message, error_detail); "
+							 "the warehouse is unchanged and the next run retries the same changes.")));
+		}
+	}
 	result = PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], tupdesc));
 	SPI_finish();
 	PG_RETURN_DATUM(result);
