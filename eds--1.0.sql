@@ -1481,7 +1481,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Pass a cron expression, for example ''*/15 * * * *''.';
 	END IF;
-	IF to_regnamespace('cron') IS NULL OR to_regproc('cron.schedule') IS NULL THEN
+	IF to_regprocedure('cron.schedule(text,text,text)') IS NULL THEN
 		RAISE EXCEPTION 'pg_cron is not installed in this database'
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name to this database, and CREATE EXTENSION pg_cron.';
@@ -1502,7 +1502,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $unsched$
 BEGIN
-	IF to_regproc('cron.unschedule') IS NULL THEN
+	IF to_regprocedure('cron.unschedule(name)') IS NULL THEN
 		RAISE EXCEPTION 'pg_cron is not installed in this database'
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  HINT = 'Nothing can be scheduled without pg_cron, so there is nothing to remove.';
