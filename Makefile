@@ -12,7 +12,7 @@ PGFILEDESC   = "eds - loan platform audit, ETL and replication health"
 # pg_cron preloaded, so the SQL suites run on a temporary instance.
 REGRESS      = schema audit post_payment generator privileges etl drop_guard
 REGRESS_OPTS = --temp-config=$(srcdir)/test/eds-regress.conf --temp-instance=./tmp_check_regress --load-extension=eds
-ISOLATION    = read_committed repeatable_read serializable for_update post_payment_race
+ISOLATION    = read_committed repeatable_read serializable for_update post_payment_race etl_one_at_a_time
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/eds-regress.conf --temp-instance=./tmp_check_iso --load-extension=eds
 TAP_TESTS    = 1
 
