@@ -1,5 +1,17 @@
 -- Least privilege: what each group role can and cannot do.
 
+-- The first write in a fresh session, by the application role: the change
+-- capture and audit triggers write where the role itself has no rights.
+CREATE ROLE priv_teller LOGIN IN ROLE app_user;
+SET SESSION AUTHORIZATION priv_teller;
+INSERT INTO operational.customers (full_name, email) VALUES ('First Write', 'first@x.ke');
+SELECT count(*) FROM eds.change_log;
+RESET SESSION AUTHORIZATION;
+SELECT table_name, op FROM eds.change_log ORDER BY event_id DESC LIMIT 1;
+DELETE FROM operational.customers WHERE email = 'first@x.ke';
+TRUNCATE eds.change_log;
+DROP ROLE priv_teller;
+
 SELECT r.rolname, t.tbl, p.priv, has_table_privilege(r.rolname, t.tbl, p.priv) AS granted
   FROM (VALUES ('app_user'), ('readonly_user'), ('etl_reader')) AS r(rolname),
 	   (VALUES ('operational.customers'), ('operational.loan_products'), ('operational.loans'),

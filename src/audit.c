@@ -204,12 +204,10 @@ eds_audit_row(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	if (audit_insert_plan == NULL)
-		audit_insert_plan = eds_keep_plan(audit_insert_sql, AUDIT_NARGS, audit_arg_types);
 
 	/* Written as the audit table's owner: writers hold no rights on it. */
-	eds_execute_as_owner(audit_insert_plan, values, nulls,
-						 eds_relation_owner("operational", "audit_log"));
+	eds_insert_as_owner(&audit_insert_plan, audit_insert_sql, AUDIT_NARGS, audit_arg_types,
+						values, nulls, eds_relation_owner("operational", "audit_log"));
 
 	SPI_finish();
 

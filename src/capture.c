@@ -81,8 +81,8 @@ capture_record(Relation rel, char op, int64 key)
 	values[0] = CStringGetTextDatum(RelationGetRelationName(rel));
 	values[1] = CharGetDatum(op);
 	values[2] = Int64GetDatum(key);
-	eds_execute_as_owner(capture_plan, values, NULL,
-						 eds_relation_owner("eds", "change_log"));
+	eds_insert_as_owner(&capture_plan, "INSERT INTO eds.change_log (table_name, op, pk) VALUES ($1, $2, $3)",
+						3, capture_arg_types, values, NULL, eds_relation_owner("eds", "change_log"));
 }
 
 Datum
@@ -104,9 +104,6 @@ eds_capture_change(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (capture_plan == NULL)
-		capture_plan = eds_keep_plan("INSERT INTO eds.change_log (table_name, op, pk) VALUES ($1, $2, $3)",
-									 3, capture_arg_types);
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		capture_record(rel, 'I', capture_key(rel, trigdata->tg_trigtuple));

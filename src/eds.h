@@ -25,8 +25,8 @@ extern Jsonb *eds_tuple_to_jsonb(HeapTuple tuple, TupleDesc tupdesc);
 /* util.c */
 #include "executor/spi.h"
 extern Oid	eds_relation_owner(const char *nspname, const char *relname);
-extern void eds_execute_as_owner(SPIPlanPtr plan, Datum *values, const char *nulls, Oid owner);
-extern SPIPlanPtr eds_keep_plan(const char *sql, int nargs, Oid *argtypes);
+extern void eds_insert_as_owner(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
+								Datum *values, const char *nulls, Oid owner);
 
 /* remote.c: the ETL source over libpq */
 #include "libpq-fe.h"

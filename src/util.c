@@ -40,13 +40,16 @@ eds_relation_owner(const char *nspname, const char *relname)
 }
 
 /*
- * Run a saved insert plan as the owner of the target table, so that the
- * writers whose triggers fire need no privilege on it and cannot forge rows.
- * An error inside needs no PG_TRY: (sub)transaction abort restores the user
- * id and security context, as for the RI triggers.
+ * Run an insert as the owner of the target table, so that the writers whose
+ * triggers fire need no privilege on it (not even USAGE on its schema) and
+ * cannot forge rows.  The plan is prepared on first use, also as the owner,
+ * and kept for the life of the backend.  An error inside needs no PG_TRY:
+ * (sub)transaction abort restores the user id and security context, as for
+ * the RI triggers.
  */
 void
-eds_execute_as_owner(SPIPlanPtr plan, Datum *values, const char *nulls, Oid owner)
+eds_insert_as_owner(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
+					Datum *values, const char *nulls, Oid owner)
 {
 	Oid			save_userid;
 	int			save_sec_context;
@@ -55,22 +58,19 @@ eds_execute_as_owner(SPIPlanPtr plan, Datum *values, const char *nulls, Oid owne
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
-	rc = SPI_execute_plan(plan, values, nulls, false, 1);
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		*plan = p;
+	}
+	rc = SPI_execute_plan(*plan, values, nulls, false, 1);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "eds: insert failed: %s", SPI_result_code_string(rc));
-}
-
-/* Prepare and keep a plan for the life of the backend. */
-SPIPlanPtr
-eds_keep_plan(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return plan;
 }
