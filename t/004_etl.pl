@@ -249,6 +249,32 @@ $primary->start;
 is(run_etl(), 'success/incremental', 'the next run succeeds');
 independent_check($primary, 'after the failed run');
 
+# ---------------------------------------------------------------- cancel of the caller
+$primary->safe_psql('postgres', q{UPDATE operational.loans SET branch_code = 'CANCEL' WHERE loan_id % 11 = 0});
+my $holder = $warehouse->background_psql('postgres');
+$holder->query_safe('BEGIN; LOCK warehouse.fact_loans IN ACCESS EXCLUSIVE MODE;');
+my $caller = $warehouse->background_psql('postgres', on_error_stop => 0);
+$caller->query_until(qr/start_c/, "\\echo start_c\nSELECT status FROM eds_run_etl();\n");
+$warehouse->poll_query_until('postgres',
+	q{SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'eds etl' AND wait_event_type = 'Lock'})
+  or die 'ETL worker did not reach the load';
+$warehouse->safe_psql('postgres',
+	q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT status FROM eds_run_etl()%' AND pid <> pg_backend_pid()});
+$warehouse->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'eds etl'})
+  or die 'the ETL worker did not stop after the cancel';
+$holder->query_safe('COMMIT');
+$holder->quit;
+$caller->quit;
+like($warehouse->safe_psql('postgres',
+	q{SELECT status || ': ' || error_message FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1}),
+	qr/^failed: canceling statement/, 'a cancelled caller stops the worker, which records the run as failed');
+is($warehouse->safe_psql('postgres', q{SELECT count(*) FROM warehouse.fact_payments f
+	JOIN warehouse.dim_loan l USING (loan_id) WHERE l.branch_code = 'CANCEL'}), '0',
+	'nothing of the cancelled run is visible');
+is(run_etl(), 'success/incremental', 'the run after the cancel succeeds');
+independent_check($primary, 'after a cancelled run');
+
 # ---------------------------------------------------------------- scheduling with pg_cron
 my $job = $warehouse->safe_psql('postgres', q{SELECT eds_schedule_etl('*/15 * * * *')});
 like($job, qr/^\d+$/, 'eds_schedule_etl returns the pg_cron job id');
