@@ -116,6 +116,12 @@ SELECT status FROM eds_run_etl();
 SELECT note FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1;
 SELECT pg_advisory_unlock(6579315, 1);
 
+-- History older than eds.etl_run_retention (90 days) is pruned by the next run.
+INSERT INTO audit.etl_runs (status, run_started_at, run_finished_at, note)
+VALUES ('success', now() - interval '100 days', now() - interval '100 days', 'old run');
+SELECT status FROM eds_run_etl();
+SELECT count(*) AS old_runs_left FROM audit.etl_runs WHERE note = 'old run';
+
 -- Nothing is running now.
 SELECT count(*) AS in_progress FROM audit.etl_progress;
 

@@ -258,6 +258,8 @@ $caller->query_until(qr/start_c/, "\\echo start_c\nSELECT status FROM eds_run_et
 $warehouse->poll_query_until('postgres',
 	q{SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'eds etl' AND wait_event_type = 'Lock'})
   or die 'ETL worker did not reach the load';
+is($warehouse->safe_psql('postgres', 'SELECT phase FROM audit.etl_progress'), 'load',
+	'audit.etl_progress shows the run in its load phase');
 $warehouse->safe_psql('postgres',
 	q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT status FROM eds_run_etl()%' AND pid <> pg_backend_pid()});
 $warehouse->poll_query_until('postgres',
