@@ -4,13 +4,13 @@ EXTENSION    = eds
 EXTVERSION   = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" eds.control)
 MODULE_big   = eds
 OBJS         = src/eds.o src/util.o src/audit.o src/row_jsonb.o src/updated_at.o src/drop_guard.o src/capture.o \
-               src/remote.o src/etl.o src/worker.o src/progress.o src/source.o src/reconcile.o
+               src/remote.o src/etl.o src/worker.o src/progress.o src/source.o src/reconcile.o src/lagworker.o
 DATA         = eds--1.0.sql
 PGFILEDESC   = "eds - loan platform audit, ETL and replication health"
 
 # Tests: pg_regress per topic, isolation specs, TAP. Every suite needs eds and
 # pg_cron preloaded, so the SQL suites run on a temporary instance.
-REGRESS      = schema audit post_payment generator privileges etl drop_guard
+REGRESS      = schema audit post_payment generator privileges etl health drop_guard
 REGRESS_OPTS = --temp-config=$(srcdir)/test/eds-regress.conf --temp-instance=./tmp_check_regress --load-extension=eds
 ISOLATION    = read_committed repeatable_read serializable for_update post_payment_race etl_one_at_a_time
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/eds-regress.conf --temp-instance=./tmp_check_iso --load-extension=eds

@@ -1448,6 +1448,10 @@ BEGIN
 		 WHERE f.loan_id = d.loan_id AND (d.amount <> 0 OR d.payments <> 0);
 	END IF;
 
+	-- Lag samples: append-only on the source; overlap is absorbed here.
+	INSERT INTO warehouse.replication_lag_history SELECT * FROM staging.stg_lag_history
+	ON CONFLICT (sample_id) DO NOTHING;
+
 	-- After a first load the tables grew from nothing: plan later runs on real sizes.
 	IF p_full THEN
 		ANALYZE warehouse.dim_customer, warehouse.dim_loan, warehouse.fact_payments, warehouse.fact_loans;
@@ -1644,6 +1648,452 @@ COMMENT ON FUNCTION eds.etl_acknowledge(text, xid8, bigint, bigint) IS
 REVOKE ALL ON FUNCTION eds.etl_acknowledge(text, xid8, bigint, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eds.etl_acknowledge(text, xid8, bigint, bigint) TO etl_reader;
 GRANT SELECT ON eds.change_log, eds.change_log_horizon TO etl_reader;
+
+-- ===========================================================================
+-- Replication lag history, heartbeat and health (primary side)
+-- ===========================================================================
+
+-- The heartbeat: the eds worker writes one row per interval on the primary.
+-- A standby that has replayed up to a heartbeat's LSN has everything up to
+-- its time, so the primary measures end-to-end lag with its own clock only.
+CREATE TABLE eds.heartbeat (
+	beat_at		timestamptz PRIMARY KEY,
+	beat_lsn	pg_lsn NOT NULL
+);
+COMMENT ON TABLE eds.heartbeat IS 'Heartbeats written on the primary every eds.lag_sample_interval; replicated like any row';
+
+CREATE TABLE eds.replication_lag_history (
+	sample_id			bigserial PRIMARY KEY,
+	sampled_at			timestamptz NOT NULL,
+	replica				text NOT NULL,
+	status				text NOT NULL CHECK (status IN ('streaming', 'catchup', 'startup', 'backup', 'stopping', 'missing')),
+	client_addr			inet,
+	sync_state			text,
+	slot_name			text,
+	sent_lsn			pg_lsn,
+	write_lsn			pg_lsn,
+	flush_lsn			pg_lsn,
+	replay_lsn			pg_lsn,
+	sent_lag_bytes		bigint,
+	write_lag_bytes		bigint,
+	flush_lag_bytes		bigint,
+	replay_lag_bytes	bigint,
+	write_lag			interval,
+	flush_lag			interval,
+	replay_lag			interval,
+	heartbeat_lag		interval,
+	reply_time			timestamptz,
+	slot_active			boolean,
+	slot_retained_bytes	bigint,
+	slot_wal_status		text
+);
+COMMENT ON TABLE eds.replication_lag_history IS 'One row per replica per sample of the eds worker (or eds_sample_replication_lag())';
+CREATE INDEX replication_lag_history_time_idx ON eds.replication_lag_history (sampled_at);
+SELECT pg_catalog.pg_extension_config_dump('eds.replication_lag_history', '');
+SELECT pg_catalog.pg_extension_config_dump('eds.replication_lag_history_sample_id_seq', '');
+
+-- One sample: a heartbeat, then one row per connected or expected replica.
+-- Expected replicas are the physical slots plus eds.expected_replicas.
+CREATE FUNCTION eds_sample_replication_lag() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $sample$
+DECLARE
+	v_rows		integer;
+	v_expected	text[];
+BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'eds_sample_replication_lag: this server is a standby'
+			USING ERRCODE = 'read_only_sql_transaction',
+				  HINT = 'Sample on the primary; on a standby, eds_health() reports the replayed heartbeat''s age.';
+	END IF;
+	v_expected := coalesce(string_to_array(nullif(replace(current_setting('eds.expected_replicas', true), ' ', ''), ''), ','),
+						   '{}');
+
+	INSERT INTO eds.heartbeat (beat_at, beat_lsn) VALUES (clock_timestamp(), pg_current_wal_insert_lsn())
+	ON CONFLICT (beat_at) DO NOTHING;
+
+	WITH cur AS (SELECT pg_current_wal_lsn() AS lsn),
+	walsenders AS (
+		SELECT r.*, s.slot_name AS slot
+		  FROM pg_stat_replication r
+		  LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid
+		 WHERE r.application_name NOT IN ('pg_basebackup', 'pg_rewind')
+	),
+	expected AS (
+		SELECT slot_name AS replica, slot_name FROM pg_replication_slots WHERE slot_type = 'physical'
+		UNION
+		SELECT e, NULL FROM unnest(v_expected) AS e
+	),
+	-- Connected replicas, by application_name; then expected ones that are
+	-- not connected, named as they were when last seen.
+	joined AS (
+		SELECT w.application_name AS replica, w.state AS status, w.client_addr, w.sync_state,
+			   w.slot AS slot_name, w.sent_lsn, w.write_lsn, w.flush_lsn, w.replay_lsn,
+			   w.write_lag, w.flush_lag, w.replay_lag, w.reply_time
+		  FROM walsenders w
+		UNION ALL
+		SELECT coalesce((SELECT h.replica FROM eds.replication_lag_history h
+						  WHERE h.slot_name = x.slot_name AND h.status <> 'missing'
+						  ORDER BY h.sample_id DESC LIMIT 1), x.replica),
+			   'missing', NULL, NULL, x.slot_name, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+		  FROM expected x
+		 WHERE NOT EXISTS (SELECT FROM walsenders w WHERE w.application_name = x.replica OR w.slot = x.slot_name)
+	)
+	INSERT INTO eds.replication_lag_history
+		(sampled_at, replica, status, client_addr, sync_state, slot_name,
+		 sent_lsn, write_lsn, flush_lsn, replay_lsn,
+		 sent_lag_bytes, write_lag_bytes, flush_lag_bytes, replay_lag_bytes,
+		 write_lag, flush_lag, replay_lag, heartbeat_lag, reply_time,
+		 slot_active, slot_retained_bytes, slot_wal_status)
+	SELECT now(), j.replica, j.status, j.client_addr, j.sync_state, j.slot_name,
+		   j.sent_lsn, j.write_lsn, j.flush_lsn, j.replay_lsn,
+		   pg_wal_lsn_diff(cur.lsn, j.sent_lsn)::bigint, pg_wal_lsn_diff(cur.lsn, j.write_lsn)::bigint,
+		   pg_wal_lsn_diff(cur.lsn, j.flush_lsn)::bigint, pg_wal_lsn_diff(cur.lsn, j.replay_lsn)::bigint,
+		   j.write_lag, j.flush_lag, j.replay_lag,
+		   -- Time since the newest heartbeat this replica has replayed: the
+		   -- primary's clock only, so no clock skew; NULL when none replayed.
+		   clock_timestamp() - (SELECT max(h.beat_at) FROM eds.heartbeat h WHERE h.beat_lsn <= j.replay_lsn),
+		   j.reply_time,
+		   s.active, pg_wal_lsn_diff(cur.lsn, s.restart_lsn)::bigint, s.wal_status
+	  FROM joined j CROSS JOIN cur
+	  LEFT JOIN pg_replication_slots s ON s.slot_name = j.slot_name;
+	GET DIAGNOSTICS v_rows = ROW_COUNT;
+	RETURN v_rows;
+END
+$sample$;
+COMMENT ON FUNCTION eds_sample_replication_lag() IS
+	'Writes a heartbeat and records one lag sample per replica (the eds worker calls it every eds.lag_sample_interval); returns the number of replicas recorded';
+REVOKE ALL ON FUNCTION eds_sample_replication_lag() FROM PUBLIC;
+
+-- Pruning: whole expired rows only, by the time index, at most once an hour.
+CREATE FUNCTION eds.prune_lag_history() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $prune$
+DECLARE
+	v_keep	interval := make_interval(days => coalesce(nullif(current_setting('eds.lag_retention', true), ''), '7')::integer);
+	v_n		bigint;
+BEGIN
+	DELETE FROM eds.replication_lag_history WHERE sampled_at < now() - v_keep;
+	GET DIAGNOSTICS v_n = ROW_COUNT;
+	-- Heartbeats are needed only as far back as the slowest replica.
+	DELETE FROM eds.heartbeat WHERE beat_at < now() - greatest(v_keep, interval '1 day');
+	RETURN v_n;
+END
+$prune$;
+COMMENT ON FUNCTION eds.prune_lag_history() IS 'Deletes lag samples older than eds.lag_retention days (called by the eds worker hourly)';
+REVOKE ALL ON FUNCTION eds.prune_lag_history() FROM PUBLIC;
+
+CREATE VIEW eds.vw_replication_lag_current AS
+SELECT DISTINCT ON (replica)
+	   replica, sampled_at, status, sync_state, client_addr, slot_name,
+	   replay_lag_bytes, heartbeat_lag, replay_lag, reply_time, slot_active, slot_retained_bytes, slot_wal_status
+  FROM eds.replication_lag_history
+ WHERE sampled_at > now() - interval '1 day'
+ ORDER BY replica, sampled_at DESC;
+COMMENT ON VIEW eds.vw_replication_lag_current IS 'The latest sample of each replica';
+
+CREATE VIEW eds.vw_replication_lag_per_minute AS
+SELECT date_trunc('minute', sampled_at) AS minute, replica,
+	   max(replay_lag_bytes) AS max_replay_lag_bytes, avg(replay_lag_bytes)::bigint AS avg_replay_lag_bytes,
+	   max(heartbeat_lag) AS max_heartbeat_lag, avg(heartbeat_lag) AS avg_heartbeat_lag,
+	   count(*) FILTER (WHERE status = 'missing') AS missing_samples
+  FROM eds.replication_lag_history
+ GROUP BY 1, 2;
+COMMENT ON VIEW eds.vw_replication_lag_per_minute IS 'Per-minute maximum and average lag of each replica';
+GRANT SELECT ON eds.heartbeat, eds.replication_lag_history, eds.vw_replication_lag_current,
+	eds.vw_replication_lag_per_minute TO etl_reader;
+
+-- ---------------------------------------------------------------------------
+-- eds_health(): one row per check, with what to do about it
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION eds.setting_number(name text, fallback numeric) RETURNS numeric
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(nullif(current_setting(name, true), '')::numeric, fallback) $$;
+COMMENT ON FUNCTION eds.setting_number(text, numeric) IS 'An eds.* setting as a number, or the default when eds is not loaded';
+
+CREATE FUNCTION eds_health(
+	OUT check_name text, OUT status text, OUT value text, OUT message text)
+RETURNS SETOF record
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $health$
+DECLARE
+	v_interval	numeric := eds.setting_number('eds.lag_sample_interval', 10);
+	v_warn_b	numeric := eds.setting_number('eds.lag_warn_bytes', 16777216);
+	v_crit_b	numeric := eds.setting_number('eds.lag_critical_bytes', 1073741824);
+	v_warn_s	numeric := eds.setting_number('eds.lag_warn_seconds', 60);
+	v_crit_s	numeric := eds.setting_number('eds.lag_critical_seconds', 300);
+	v_etl_age	numeric := eds.setting_number('eds.etl_max_age', 30);
+	r			record;
+	v_n			bigint;
+	v_m			bigint;
+	v_n2		integer;
+	v_ts		timestamptz;
+BEGIN
+	-- Role of this server.
+	check_name := 'role';
+	IF pg_is_in_recovery() THEN
+		status := 'ok'; value := 'standby';
+		message := 'This server is a streaming standby.';
+		RETURN NEXT;
+
+		-- On a standby: how old is the newest heartbeat replayed here?  This
+		-- compares the primary's clock (the heartbeat) with ours: it assumes
+		-- the clocks agree (NTP) and is only as exact as they are.
+		SELECT max(beat_at) INTO v_ts FROM eds.heartbeat;
+		check_name := 'replayed heartbeat';
+		value := coalesce(round(extract(epoch FROM now() - v_ts), 1)::text || ' s', 'none');
+		IF v_ts IS NULL THEN
+			status := 'unknown';
+			message := 'No heartbeat replayed yet: is the eds worker running on the primary?';
+		ELSIF now() - v_ts > make_interval(secs => v_crit_s) THEN
+			status := 'critical';
+			message := format('Replay is %s s behind the primary''s heartbeat; check pg_stat_wal_receiver and whether replay is paused (pg_is_wal_replay_paused()).', round(extract(epoch FROM now() - v_ts)));
+		ELSIF now() - v_ts > make_interval(secs => v_warn_s) THEN
+			status := 'warn';
+			message := format('Replay is %s s behind the primary''s heartbeat.', round(extract(epoch FROM now() - v_ts)));
+		ELSE
+			status := 'ok';
+			message := 'The primary''s heartbeat is replayed here in time (assumes synchronized clocks).';
+		END IF;
+		RETURN NEXT;
+		RETURN;
+	END IF;
+	status := 'ok'; value := 'primary'; message := 'This server is a primary.';
+	RETURN NEXT;
+
+	-- Freshness of the lag samples.
+	SELECT max(sampled_at) INTO v_ts FROM eds.replication_lag_history;
+	check_name := 'lag sampling';
+	value := coalesce(round(extract(epoch FROM now() - v_ts), 1)::text || ' s ago', 'never');
+	IF NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_type = 'physical')
+	   AND NOT EXISTS (SELECT FROM pg_stat_replication)
+	   AND coalesce(current_setting('eds.expected_replicas', true), '') = '' THEN
+		status := 'ok'; message := 'No replicas are configured or expected.';
+	ELSIF v_ts IS NULL OR now() - v_ts > make_interval(secs => 3 * v_interval) THEN
+		status := 'unknown';
+		message := 'No recent lag sample: check that eds is in shared_preload_libraries and eds.worker_database names this database, or run eds_sample_replication_lag().';
+	ELSE
+		status := 'ok'; message := 'The eds worker is sampling replication lag.';
+	END IF;
+	RETURN NEXT;
+
+	-- Each replica, from its latest sample.
+	FOR r IN SELECT * FROM eds.vw_replication_lag_current WHERE sampled_at >= coalesce(v_ts, now()) - make_interval(secs => v_interval) ORDER BY replica
+	LOOP
+		check_name := 'replica ' || r.replica;
+		value := format('%s, replay %s bytes behind, heartbeat %s', r.status,
+						coalesce(r.replay_lag_bytes::text, '?'),
+						coalesce(round(extract(epoch FROM r.heartbeat_lag), 1)::text || ' s', 'none'));
+		IF r.status = 'missing' THEN
+			status := 'critical';
+			message := format('Replica %s is expected (slot or eds.expected_replicas) but not connected; its slot %s WAL. Start it, or drop its slot if it is gone for good.',
+							  r.replica, CASE WHEN r.slot_retained_bytes IS NULL THEN 'holds no'
+											  ELSE 'holds ' || pg_size_pretty(r.slot_retained_bytes) || ' of' END);
+		ELSIF r.replay_lag_bytes >= v_crit_b OR r.heartbeat_lag >= make_interval(secs => v_crit_s) THEN
+			status := 'critical';
+			message := format('Replica %s is far behind: %s of WAL, heartbeat %s s old. Check its log, disk and network, and pg_is_wal_replay_paused() on it.',
+							  r.replica, pg_size_pretty(r.replay_lag_bytes), round(extract(epoch FROM r.heartbeat_lag)));
+		ELSIF r.replay_lag_bytes >= v_warn_b OR r.heartbeat_lag >= make_interval(secs => v_warn_s) THEN
+			status := 'warn';
+			message := format('Replica %s is behind: %s of WAL, heartbeat %s s old.', r.replica,
+							  pg_size_pretty(r.replay_lag_bytes), round(extract(epoch FROM r.heartbeat_lag)));
+		ELSIF r.status <> 'streaming' THEN
+			status := 'warn';
+			message := format('Replica %s is connected but %s, not streaming yet.', r.replica, r.status);
+		ELSE
+			status := 'ok';
+			message := CASE WHEN r.replay_lag_bytes = 0 THEN format('Replica %s is streaming and caught up.', r.replica)
+							ELSE format('Replica %s is streaming, within the lag limits.', r.replica) END;
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	-- Slots that hold WAL for nobody, or that lost it.
+	FOR r IN SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained
+			   FROM pg_replication_slots ORDER BY slot_name
+	LOOP
+		check_name := 'slot ' || r.slot_name;
+		value := format('%s, %s retained, wal_status %s', CASE WHEN r.active THEN 'active' ELSE 'inactive' END,
+						coalesce(pg_size_pretty(r.retained), 'nothing'), coalesce(r.wal_status, 'unknown'));
+		IF r.wal_status IN ('lost', 'unreserved') THEN
+			status := 'critical';
+			message := format('Slot %s has %s its WAL: its replica must be rebuilt (pg_basebackup).', r.slot_name,
+							  CASE r.wal_status WHEN 'lost' THEN 'lost' ELSE 'nearly lost' END);
+		ELSIF NOT r.active AND r.retained >= v_crit_b THEN
+			status := 'critical';
+			message := format('Inactive slot %s retains %s of WAL, which fills the primary''s disk. Reconnect its replica or drop the slot.',
+							  r.slot_name, pg_size_pretty(r.retained));
+		ELSIF NOT r.active THEN
+			status := 'warn';
+			message := format('Slot %s is inactive and retains %s WAL.', r.slot_name, coalesce(pg_size_pretty(r.retained) || ' of', 'no'));
+		ELSE
+			status := 'ok'; message := format('Slot %s is in use.', r.slot_name);
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	-- WAL archiving, judged against WAL actually waiting, so idle is not an alarm.
+	check_name := 'wal archiving';
+	IF current_setting('archive_mode') = 'off' THEN
+		status := 'warn'; value := 'off';
+		message := 'archive_mode is off: point-in-time recovery is not possible.';
+	ELSE
+		SELECT count(*) INTO v_n FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready';
+		SELECT a.failed_count, CASE WHEN a.last_failed_time > coalesce(a.last_archived_time, '-infinity') THEN 1 ELSE 0 END
+		  INTO v_m, v_n2 FROM pg_stat_archiver a;
+		value := format('%s segment(s) waiting, %s failure(s) in total', v_n, v_m);
+		IF v_n2 = 1 THEN
+			status := 'critical';
+			message := 'The last archive attempt failed: check archive_command and the archive''s disk (see the server log).';
+		ELSIF v_n > 10 THEN
+			status := 'warn';
+			message := format('%s WAL segments wait to be archived: archiving is falling behind.', v_n);
+		ELSE
+			status := 'ok';
+			message := 'WAL archiving keeps up (an idle server with nothing to archive is fine).';
+		END IF;
+	END IF;
+	RETURN NEXT;
+
+	-- The ETL, where this database is a warehouse.
+	IF EXISTS (SELECT FROM pg_foreign_server WHERE srvname = 'eds_source') OR EXISTS (SELECT FROM audit.etl_runs) THEN
+		SELECT * INTO r FROM audit.etl_runs WHERE status IN ('success', 'failed') ORDER BY run_id DESC LIMIT 1;
+		check_name := 'etl';
+		IF r IS NULL THEN
+			status := 'warn'; value := 'no run yet';
+			message := 'The ETL source is declared but no run has finished: run SELECT eds_run_etl().';
+		ELSE
+			value := format('run %s %s, %s ago', r.run_id, r.status, date_trunc('second', now() - r.run_started_at));
+			IF r.status = 'failed' THEN
+				status := 'critical';
+				message := 'The last ETL run failed: ' || coalesce(r.error_message, '?') || ' (see audit.etl_runs).';
+			ELSIF now() - r.run_started_at > make_interval(mins => v_etl_age::integer) THEN
+				status := 'warn';
+				message := format('The last successful run is older than eds.etl_max_age (%s min): is the schedule running?', v_etl_age);
+			ELSE
+				status := 'ok'; message := 'The last ETL run succeeded recently.';
+			END IF;
+		END IF;
+		RETURN NEXT;
+
+		check_name := 'etl schedule';
+		IF to_regclass('cron.job') IS NULL THEN
+			status := 'warn'; value := 'no pg_cron';
+			message := 'pg_cron is not installed here: nothing runs the ETL on a schedule.';
+		ELSIF NOT EXISTS (SELECT FROM cron.job WHERE jobname = 'eds_etl') THEN
+			status := 'warn'; value := 'not scheduled';
+			message := 'No pg_cron job runs the ETL: SELECT eds_schedule_etl().';
+		ELSE
+			SELECT d.status INTO value FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+			 WHERE j.jobname = 'eds_etl' ORDER BY d.runid DESC LIMIT 1;
+			IF value = 'failed' THEN
+				status := 'warn';
+				message := 'The last scheduled ETL run failed: see cron.job_run_details and audit.etl_runs.';
+			ELSE
+				status := 'ok'; value := coalesce(value, 'scheduled');
+				message := 'pg_cron runs the ETL on its schedule.';
+			END IF;
+		END IF;
+		RETURN NEXT;
+	END IF;
+END
+$health$;
+COMMENT ON FUNCTION eds_health() IS
+	'Health checks with status ok / warn / critical / unknown and what to do: role, lag sampling, each replica, slots, WAL archiving, the ETL and its schedule';
+REVOKE ALL ON FUNCTION eds_health() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds_health() TO pg_monitor;
+GRANT USAGE ON SCHEMA eds, audit TO pg_monitor;
+GRANT SELECT ON eds.heartbeat, eds.replication_lag_history, eds.vw_replication_lag_current,
+	eds.vw_replication_lag_per_minute, audit.etl_runs TO pg_monitor;
+GRANT EXECUTE ON FUNCTION eds.setting_number(text, numeric) TO pg_monitor;
+
+-- The same figures for a Prometheus scraper.
+CREATE FUNCTION eds_metrics() RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT string_agg(line, E'\n' ORDER BY ord) || E'\n' FROM (
+		SELECT 1 AS ord, '# HELP eds_health_status eds_health() check: 0 ok, 1 warn, 2 critical, 3 unknown' AS line
+		UNION ALL SELECT 2, '# TYPE eds_health_status gauge'
+		UNION ALL
+		SELECT 3, format('eds_health_status{check="%s"} %s', replace(h.check_name, '"', ''''),
+						 CASE h.status WHEN 'ok' THEN 0 WHEN 'warn' THEN 1 WHEN 'critical' THEN 2 ELSE 3 END)
+		  FROM eds_health() h
+		UNION ALL SELECT 4, '# HELP eds_replica_replay_lag_bytes WAL bytes the replica has not replayed'
+		UNION ALL SELECT 5, '# TYPE eds_replica_replay_lag_bytes gauge'
+		UNION ALL
+		SELECT 6, format('eds_replica_replay_lag_bytes{replica="%s"} %s', c.replica, c.replay_lag_bytes)
+		  FROM eds.vw_replication_lag_current c WHERE c.replay_lag_bytes IS NOT NULL
+		UNION ALL SELECT 7, '# HELP eds_replica_heartbeat_lag_seconds Age of the newest heartbeat the replica has replayed'
+		UNION ALL SELECT 8, '# TYPE eds_replica_heartbeat_lag_seconds gauge'
+		UNION ALL
+		SELECT 9, format('eds_replica_heartbeat_lag_seconds{replica="%s"} %s', c.replica,
+						 round(extract(epoch FROM c.heartbeat_lag), 3))
+		  FROM eds.vw_replication_lag_current c WHERE c.heartbeat_lag IS NOT NULL
+		UNION ALL SELECT 10, '# HELP eds_replica_up 1 when the replica is connected'
+		UNION ALL SELECT 11, '# TYPE eds_replica_up gauge'
+		UNION ALL
+		SELECT 12, format('eds_replica_up{replica="%s"} %s', c.replica, CASE WHEN c.status = 'missing' THEN 0 ELSE 1 END)
+		  FROM eds.vw_replication_lag_current c
+	) m;
+END;
+COMMENT ON FUNCTION eds_metrics() IS 'eds_health() and per-replica lag in Prometheus text format';
+REVOKE ALL ON FUNCTION eds_metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds_metrics() TO pg_monitor;
+
+-- ---------------------------------------------------------------------------
+-- Replication lag in the warehouse, for Metabase (copied by each ETL run)
+-- ---------------------------------------------------------------------------
+CREATE UNLOGGED TABLE staging.stg_lag_history (LIKE eds.replication_lag_history);
+COMMENT ON TABLE staging.stg_lag_history IS 'Lag samples extracted by the running ETL';
+
+CREATE TABLE warehouse.replication_lag_history (LIKE eds.replication_lag_history, PRIMARY KEY (sample_id));
+CREATE INDEX replication_lag_history_time_idx ON warehouse.replication_lag_history (sampled_at);
+COMMENT ON TABLE warehouse.replication_lag_history IS 'Replication lag samples of the source''s replicas, one row per replica per sample, copied from the primary by the ETL';
+COMMENT ON COLUMN warehouse.replication_lag_history.replica IS 'Replica name (application_name; for a missing replica, its last known name or its slot)';
+COMMENT ON COLUMN warehouse.replication_lag_history.status IS 'streaming, catchup, startup, backup, stopping, or missing (expected but not connected)';
+COMMENT ON COLUMN warehouse.replication_lag_history.replay_lag_bytes IS 'WAL bytes written on the primary that the replica has not replayed yet';
+COMMENT ON COLUMN warehouse.replication_lag_history.heartbeat_lag IS 'Age of the newest primary heartbeat the replica has replayed (end-to-end lag, measured with the primary''s clock only)';
+COMMENT ON COLUMN warehouse.replication_lag_history.replay_lag IS 'PostgreSQL''s replay_lag; NULL when the replica is idle and caught up';
+COMMENT ON COLUMN warehouse.replication_lag_history.slot_retained_bytes IS 'WAL bytes the replica''s slot keeps on the primary';
+SELECT pg_catalog.pg_extension_config_dump('warehouse.replication_lag_history', '');
+
+CREATE VIEW warehouse.vw_replication_lag_current AS
+SELECT DISTINCT ON (replica)
+	   replica, sampled_at, status, replay_lag_bytes, heartbeat_lag, replay_lag, slot_retained_bytes
+  FROM warehouse.replication_lag_history
+ ORDER BY replica, sampled_at DESC;
+COMMENT ON VIEW warehouse.vw_replication_lag_current IS 'The latest known lag of each replica (as of the last ETL run)';
+COMMENT ON COLUMN warehouse.vw_replication_lag_current.replica IS 'Replica name';
+COMMENT ON COLUMN warehouse.vw_replication_lag_current.sampled_at IS 'When the sample was taken on the primary';
+COMMENT ON COLUMN warehouse.vw_replication_lag_current.status IS 'streaming, catchup, or missing';
+COMMENT ON COLUMN warehouse.vw_replication_lag_current.replay_lag_bytes IS 'WAL bytes not yet replayed';
+COMMENT ON COLUMN warehouse.vw_replication_lag_current.heartbeat_lag IS 'End-to-end lag from the heartbeat';
+COMMENT ON COLUMN warehouse.vw_replication_lag_current.replay_lag IS 'PostgreSQL''s replay_lag (NULL when idle and caught up)';
+COMMENT ON COLUMN warehouse.vw_replication_lag_current.slot_retained_bytes IS 'WAL kept on the primary for this replica';
+
+CREATE VIEW warehouse.vw_replication_lag_per_minute AS
+SELECT date_trunc('minute', sampled_at) AS minute, replica,
+	   max(replay_lag_bytes) AS max_replay_lag_bytes, avg(replay_lag_bytes)::bigint AS avg_replay_lag_bytes,
+	   extract(epoch FROM max(heartbeat_lag))::numeric(12,3) AS max_heartbeat_lag_seconds,
+	   extract(epoch FROM avg(heartbeat_lag))::numeric(12,3) AS avg_heartbeat_lag_seconds,
+	   count(*) FILTER (WHERE status = 'missing') AS missing_samples
+  FROM warehouse.replication_lag_history
+ GROUP BY 1, 2;
+COMMENT ON VIEW warehouse.vw_replication_lag_per_minute IS 'Replication lag per replica and minute, for charts';
+COMMENT ON COLUMN warehouse.vw_replication_lag_per_minute.minute IS 'The minute';
+COMMENT ON COLUMN warehouse.vw_replication_lag_per_minute.replica IS 'Replica name';
+COMMENT ON COLUMN warehouse.vw_replication_lag_per_minute.max_replay_lag_bytes IS 'Largest replay lag in bytes during the minute';
+COMMENT ON COLUMN warehouse.vw_replication_lag_per_minute.avg_replay_lag_bytes IS 'Average replay lag in bytes during the minute';
+COMMENT ON COLUMN warehouse.vw_replication_lag_per_minute.max_heartbeat_lag_seconds IS 'Largest heartbeat lag in seconds during the minute';
+COMMENT ON COLUMN warehouse.vw_replication_lag_per_minute.avg_heartbeat_lag_seconds IS 'Average heartbeat lag in seconds during the minute';
+COMMENT ON COLUMN warehouse.vw_replication_lag_per_minute.missing_samples IS 'Samples in which the replica was expected but not connected';
+GRANT SELECT ON warehouse.replication_lag_history, warehouse.vw_replication_lag_current,
+	warehouse.vw_replication_lag_per_minute TO warehouse_reader;
 
 -- ---------------------------------------------------------------------------
 -- Privileges: least privilege per group role

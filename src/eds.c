@@ -25,6 +25,14 @@ char	   *eds_actor = NULL;
 /* Escape hatch for dropping eds while its tables still hold rows. */
 bool		eds_allow_drop_with_data = false;
 
+/* eds_health() thresholds and expectations. */
+static char *eds_expected_replicas = NULL;
+static int	eds_lag_warn_bytes;
+static int	eds_lag_critical_bytes;
+static int	eds_lag_warn_seconds;
+static int	eds_lag_critical_seconds;
+static int	eds_etl_max_age;
+
 void		_PG_init(void);
 
 void
@@ -49,6 +57,32 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	/* Thresholds read by eds_health(); plain numbers so SQL can compare them. */
+	DefineCustomStringVariable("eds.expected_replicas",
+							   "Comma-separated application names of replicas that must be connected, besides those with a physical slot.",
+							   NULL, &eds_expected_replicas, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eds.lag_warn_bytes",
+							"Replay lag, in bytes, at which eds_health() warns.",
+							NULL, &eds_lag_warn_bytes, 16 * 1024 * 1024, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eds.lag_critical_bytes",
+							"Replay lag, in bytes, at which eds_health() is critical.",
+							NULL, &eds_lag_critical_bytes, 1024 * 1024 * 1024, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eds.lag_warn_seconds",
+							"Heartbeat lag, in seconds, at which eds_health() warns.",
+							NULL, &eds_lag_warn_seconds, 60, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eds.lag_critical_seconds",
+							"Heartbeat lag, in seconds, at which eds_health() is critical.",
+							NULL, &eds_lag_critical_seconds, 300, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("eds.etl_max_age",
+							"Minutes after which eds_health() warns that no ETL run succeeded.",
+							NULL, &eds_etl_max_age, 30, 1, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+
 	DefineCustomIntVariable("eds.source_timeout",
 							"Longest wait, in seconds, for any answer from the ETL source.",
 							"Also the statement_timeout of the ETL's session on the source.",
@@ -72,6 +106,8 @@ _PG_init(void)
 							90, 1, 36500,
 							PGC_SUSET, 0,
 							NULL, NULL, NULL);
+
+	eds_lag_worker_init();
 
 	MarkGUCPrefixReserved("eds");
 

@@ -50,6 +50,9 @@ extern void eds_progress_end(void);
 extern int	eds_etl_run_retention;
 extern void eds_etl_run(int64 token);
 
+/* lagworker.c */
+extern void eds_lag_worker_init(void);
+
 /* drop_guard.c */
 extern void eds_drop_guard_init(void);
 

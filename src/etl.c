@@ -132,7 +132,7 @@ etl_copy_into(const char *stage_table, const char *const *columns, const char *q
 	int64		rows;
 
 	eds_progress_phase("extract", stage_table);
-	for (int i = 0; columns[i]; i++)
+	for (int i = 0; columns && columns[i]; i++)
 		attnames = lappend(attnames, makeString(pstrdup(columns[i])));
 
 	PQclear(eds_remote_exec(psprintf("COPY (%s) TO STDOUT", query), PGRES_COPY_OUT, "extracting rows"));
@@ -181,6 +181,17 @@ etl_extract(const char *from, const char *to, int64 *rows)
 	char	   *window;
 	char	   *changed;
 	char	   *loan_keys;
+	char	   *lag_from;
+
+	/*
+	 * Lag samples are append-only and written by one worker, so a sample id
+	 * watermark is enough; re-reading the last thousand absorbs a sample a
+	 * manual eds_sample_replication_lag() committed late.
+	 */
+	lag_from = etl_sql("SELECT (coalesce(max(sample_id), 0) - 1000)::text FROM warehouse.replication_lag_history",
+					   0, NULL);
+	rows[4] = etl_copy_into("stg_lag_history", NULL, psprintf(
+		"SELECT * FROM eds.replication_lag_history WHERE sample_id > %s", lag_from));
 
 	rows[0] = etl_copy_into("stg_loan_products", product_cols,
 							"SELECT product_id, product_name, product_type FROM operational.loan_products");
@@ -281,7 +292,7 @@ etl_load(int64 run_id, const char *run_id_text)
 	char	   *counts;
 	char	   *source_desc;
 	const char *mode;
-	int64		rows[4] = {0, 0, 0, 0};
+	int64		rows[5] = {0, 0, 0, 0, 0};
 	bool		noop = false;
 	char	   *note = NULL;
 
@@ -331,7 +342,7 @@ etl_load(int64 run_id, const char *run_id_text)
 	}
 
 	SPI_execute("TRUNCATE staging.stg_loan_products, staging.stg_customers, "
-				"staging.stg_loans, staging.stg_payments", false, 0);
+				"staging.stg_loans, staging.stg_payments, staging.stg_lag_history", false, 0);
 
 	t = GetCurrentTimestamp();
 	if (!noop)
@@ -443,6 +454,8 @@ etl_prune_history(void)
 			1, args);
 	etl_sql("DELETE FROM audit.etl_runs WHERE status <> 'running' "
 			"AND run_started_at < now() - make_interval(days => $1::integer)", 1, args);
+	etl_sql("DELETE FROM warehouse.replication_lag_history "
+			"WHERE sampled_at < now() - make_interval(days => $1::integer)", 1, args);
 	if (etl_sql("SELECT 1 WHERE to_regclass('cron.job_run_details') IS NOT NULL", 0, NULL))
 		etl_sql("DELETE FROM cron.job_run_details WHERE jobid IN "
 				"(SELECT jobid FROM cron.job WHERE jobname = 'eds_etl') "
