@@ -277,6 +277,16 @@ is($warehouse->safe_psql('postgres', q{SELECT count(*) FROM warehouse.fact_payme
 is(run_etl(), 'success/incremental', 'the run after the cancel succeeds');
 independent_check($primary, 'after a cancelled run');
 
+# ---------------------------------------------------------------- lag history reaches Metabase
+$primary->safe_psql('postgres', 'SELECT eds_sample_replication_lag()');
+is(run_etl(), 'success/incremental', 'run after a lag sample');
+is($warehouse->safe_psql('postgres', q{SELECT count(*) = (SELECT count(*) FROM warehouse.replication_lag_history)
+	FROM warehouse.replication_lag_history WHERE replica = 'replica'}), 't',
+	'the primary\'s lag samples are copied into the warehouse');
+$warehouse->safe_psql('postgres', 'CREATE ROLE metabase LOGIN IN ROLE warehouse_reader');
+is($warehouse->safe_psql('postgres', q{SET ROLE metabase; SELECT status FROM warehouse.vw_replication_lag_current}),
+	'streaming', 'warehouse_reader sees the replica\'s current lag');
+
 # ---------------------------------------------------------------- scheduling with pg_cron
 my $job = $warehouse->safe_psql('postgres', q{SELECT eds_schedule_etl('*/15 * * * *')});
 like($job, qr/^\d+$/, 'eds_schedule_etl returns the pg_cron job id');
