@@ -1961,7 +1961,7 @@ BEGIN
 
 	-- The ETL, where this database is a warehouse.
 	IF EXISTS (SELECT FROM pg_foreign_server WHERE srvname = 'eds_source') OR EXISTS (SELECT FROM audit.etl_runs) THEN
-		SELECT * INTO r FROM audit.etl_runs WHERE status IN ('success', 'failed') ORDER BY run_id DESC LIMIT 1;
+		SELECT * INTO r FROM audit.etl_runs er WHERE er.status IN ('success', 'failed') ORDER BY er.run_id DESC LIMIT 1;
 		check_name := 'etl';
 		IF r IS NULL THEN
 			status := 'warn'; value := 'no run yet';
@@ -1984,7 +1984,7 @@ BEGIN
 		IF to_regclass('cron.job') IS NULL THEN
 			status := 'warn'; value := 'no pg_cron';
 			message := 'pg_cron is not installed here: nothing runs the ETL on a schedule.';
-		ELSIF NOT EXISTS (SELECT FROM cron.job WHERE jobname = 'eds_etl') THEN
+		ELSIF NOT EXISTS (SELECT FROM cron.job cj WHERE cj.jobname = 'eds_etl') THEN
 			status := 'warn'; value := 'not scheduled';
 			message := 'No pg_cron job runs the ETL: SELECT eds_schedule_etl().';
 		ELSE

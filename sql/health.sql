@@ -40,6 +40,19 @@ SELECT eds_sample_replication_lag();
 RESET SESSION AUTHORIZATION;
 DROP ROLE health_watcher;
 
+-- Where this database is a warehouse: the ETL and its schedule.
+CREATE SERVER eds_source FOREIGN DATA WRAPPER eds_fdw OPTIONS (dbname 'nowhere');
+SELECT check_name, status, value, message FROM eds_health() WHERE check_name LIKE 'etl%' ORDER BY 1;
+INSERT INTO audit.etl_runs (status, run_finished_at, error_message)
+VALUES ('success', now(), NULL), ('failed', now(), 'could not connect to the ETL source (dbname=nowhere)');
+SELECT check_name, status, message FROM eds_health() WHERE check_name = 'etl';
+UPDATE audit.etl_runs SET status = 'success', error_message = NULL, run_started_at = now() - interval '2 hours';
+SELECT check_name, status, message FROM eds_health() WHERE check_name = 'etl';
+UPDATE audit.etl_runs SET run_started_at = now();
+SELECT check_name, status, message FROM eds_health() WHERE check_name = 'etl';
+DROP SERVER eds_source;
+TRUNCATE audit.etl_runs;
+
 -- Pruning keeps eds.lag_retention days (7).
 INSERT INTO eds.replication_lag_history (sampled_at, replica, status) VALUES (now() - interval '8 days', 'ancient', 'missing');
 SELECT eds.prune_lag_history() >= 1 AS pruned;
