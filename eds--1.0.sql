@@ -627,7 +627,7 @@ CREATE UNLOGGED TABLE staging.stg_payments (
 	payment_id bigint, loan_id bigint, amount numeric(14,2), principal_portion numeric(14,2),
 	interest_portion numeric(14,2), penalty_portion numeric(14,2), payment_method text,
 	payment_date timestamptz, created_at timestamptz, updated_at timestamptz,
-	is_deleted boolean, touched boolean, reject_reason text
+	is_deleted boolean, touched boolean
 );
 
 CREATE TABLE warehouse.dim_date (
@@ -1316,7 +1316,7 @@ BEGIN
 		   coalesce(eds.payment_problem(s.loan_id, s.amount, s.principal_portion, s.interest_portion,
 										s.penalty_portion, s.payment_date),
 					'its loan is not on the source'),
-		   to_jsonb(s) - 'is_deleted' - 'touched' - 'reject_reason'
+		   to_jsonb(s) - 'is_deleted' - 'touched'
 	  FROM staging.stg_payments s
 	  LEFT JOIN warehouse.dim_loan l ON l.loan_id = s.loan_id AND NOT l.is_deleted
 	 WHERE NOT s.is_deleted

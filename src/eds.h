@@ -37,7 +37,6 @@ extern void eds_remote_disconnect(void);
 extern char *eds_remote_describe(void);
 extern PGresult *eds_remote_exec(const char *sql, ExecStatusType expected, const char *what);
 extern int	eds_remote_copy_read(void *outbuf, int minread, int maxread);
-extern int64 eds_remote_copy_bytes(void);
 
 /* progress.c: what the running ETL is doing, in shared memory */
 extern void eds_progress_init(void);

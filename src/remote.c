@@ -48,7 +48,7 @@ static char *copy_buf = NULL;
 static int	copy_len = 0;
 static int	copy_pos = 0;
 static bool copy_done = false;
-static int64 copy_bytes = 0;
+static int64 copy_rows = 0;
 
 void
 eds_remote_disconnect(void)
@@ -323,7 +323,7 @@ eds_remote_exec(const char *sql, ExecStatusType expected, const char *what)
 	{
 		copy_done = false;
 		copy_pos = copy_len = 0;
-		copy_bytes = 0;
+		copy_rows = 0;
 	}
 	return last;
 }
@@ -386,7 +386,9 @@ eds_remote_copy_read(void *outbuf, int minread, int maxread)
 				remote_report(NULL, "extracting rows");
 			copy_len = len;
 			copy_pos = 0;
-			copy_bytes += len;
+			/* PQgetCopyData hands over one row at a time. */
+			if (++copy_rows % 10000 == 0)
+				eds_progress_rows(copy_rows);
 		}
 		{
 			int			n = Min(copy_len - copy_pos, maxread - given);
@@ -397,10 +399,4 @@ eds_remote_copy_read(void *outbuf, int minread, int maxread)
 		}
 	}
 	return given;
-}
-
-int64
-eds_remote_copy_bytes(void)
-{
-	return copy_bytes;
 }
