@@ -133,4 +133,34 @@ is($replica1->safe_psql('postgres', q{SELECT value FROM eds_health() WHERE check
 	'eds_health() on the promoted replica reports a primary');
 ok($replica1->wait_for_log(qr/eds worker: this server is now a primary/), 'the worker logged the promotion');
 
+# ---------------------------------------------------------------- settings reload
+$primary->safe_psql('postgres', q{ALTER SYSTEM SET eds.expected_replicas = 'ghost'});
+$primary->reload;
+$primary->poll_query_until('postgres',
+	q{SELECT count(*) > 0 FROM eds.replication_lag_history WHERE replica = 'ghost' AND status = 'missing'})
+  or die 'the reloaded eds.expected_replicas never took effect';
+pass('after a reload the worker expects the replica named in eds.expected_replicas, and reports it missing');
+is($primary->safe_psql('postgres', q{SELECT status FROM eds_health() WHERE check_name = 'replica ghost'}),
+	'critical', 'an expected replica that never connected is critical');
+
+# ---------------------------------------------------------------- a worker whose database comes later
+my $late = PostgreSQL::Test::Cluster->new('late');
+$late->init;
+$late->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'eds'
+eds.worker_database = 'later_db'
+eds.lag_sample_interval = 1
+});
+$late->start;
+ok($late->wait_for_log(qr/eds worker: waiting for database "later_db" to be created/),
+	'the worker waits for its database, and says so');
+sleep 3;
+my $waiting_lines = () = slurp_file($late->logfile) =~ /waiting for database/g;
+is($waiting_lines, 1, 'it says so once, then waits quietly');
+$late->safe_psql('postgres', 'CREATE DATABASE later_db');
+$late->safe_psql('later_db', 'CREATE EXTENSION eds');
+$late->poll_query_until('later_db', 'SELECT count(*) > 0 FROM eds.heartbeat')
+  or die 'the worker never started on the new database';
+pass('once the database and the extension exist, the worker samples there');
+
 done_testing();
