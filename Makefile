@@ -26,7 +26,7 @@ SHLIB_LINK_INTERNAL = $(libpq)
 include $(PGXS)
 
 # ---- project commands (the README's two commands) -------------------------
-.PHONY: demo test bootstrap cluster-up cluster-down
+.PHONY: demo test bootstrap dist
 
 bootstrap:
 	bin/eds-bootstrap
@@ -36,3 +36,8 @@ demo:
 
 test:
 	bin/eds-test
+
+# A PGXN release: eds-<version>.zip of the committed tree.
+dist:
+	git archive --format zip --prefix=$(EXTENSION)-$(EXTVERSION).0/ -o $(EXTENSION)-$(EXTVERSION).0.zip HEAD
+	@echo "wrote $(EXTENSION)-$(EXTVERSION).0.zip"

@@ -2060,6 +2060,23 @@ COMMENT ON COLUMN warehouse.replication_lag_history.replay_lag_bytes IS 'WAL byt
 COMMENT ON COLUMN warehouse.replication_lag_history.heartbeat_lag IS 'Age of the newest primary heartbeat the replica has replayed (end-to-end lag, measured with the primary''s clock only)';
 COMMENT ON COLUMN warehouse.replication_lag_history.replay_lag IS 'PostgreSQL''s replay_lag; NULL when the replica is idle and caught up';
 COMMENT ON COLUMN warehouse.replication_lag_history.slot_retained_bytes IS 'WAL bytes the replica''s slot keeps on the primary';
+COMMENT ON COLUMN warehouse.replication_lag_history.sample_id IS 'Sample number (from the primary''s eds.replication_lag_history)';
+COMMENT ON COLUMN warehouse.replication_lag_history.sampled_at IS 'When the eds worker took the sample on the primary';
+COMMENT ON COLUMN warehouse.replication_lag_history.client_addr IS 'Network address the replica connects from';
+COMMENT ON COLUMN warehouse.replication_lag_history.sync_state IS 'async, sync, potential or quorum';
+COMMENT ON COLUMN warehouse.replication_lag_history.slot_name IS 'Replication slot the replica streams from';
+COMMENT ON COLUMN warehouse.replication_lag_history.sent_lsn IS 'Last WAL position sent to the replica';
+COMMENT ON COLUMN warehouse.replication_lag_history.write_lsn IS 'Last WAL position the replica wrote';
+COMMENT ON COLUMN warehouse.replication_lag_history.flush_lsn IS 'Last WAL position the replica flushed to disk';
+COMMENT ON COLUMN warehouse.replication_lag_history.replay_lsn IS 'Last WAL position the replica replayed (its data is this current)';
+COMMENT ON COLUMN warehouse.replication_lag_history.sent_lag_bytes IS 'WAL bytes not yet sent to the replica';
+COMMENT ON COLUMN warehouse.replication_lag_history.write_lag_bytes IS 'WAL bytes the replica has not written yet';
+COMMENT ON COLUMN warehouse.replication_lag_history.flush_lag_bytes IS 'WAL bytes the replica has not flushed yet';
+COMMENT ON COLUMN warehouse.replication_lag_history.write_lag IS 'PostgreSQL''s write_lag; NULL when idle and caught up';
+COMMENT ON COLUMN warehouse.replication_lag_history.flush_lag IS 'PostgreSQL''s flush_lag; NULL when idle and caught up';
+COMMENT ON COLUMN warehouse.replication_lag_history.reply_time IS 'When the replica last reported its position';
+COMMENT ON COLUMN warehouse.replication_lag_history.slot_active IS 'Whether the replica''s slot is in use';
+COMMENT ON COLUMN warehouse.replication_lag_history.slot_wal_status IS 'reserved, extended, unreserved or lost (unreserved or lost: the replica must be rebuilt)';
 SELECT pg_catalog.pg_extension_config_dump('warehouse.replication_lag_history', '');
 
 CREATE VIEW warehouse.vw_replication_lag_current AS
