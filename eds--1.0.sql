@@ -269,6 +269,11 @@ BEGIN
 			USING ERRCODE = 'null_value_not_allowed',
 				  HINT = 'Pass a value for each argument; penalty defaults to 0.';
 	END IF;
+	IF p_amount IN ('NaN', 'Infinity', '-Infinity') OR p_penalty IN ('NaN', 'Infinity', '-Infinity') THEN
+		RAISE EXCEPTION 'payment amount and penalty must be finite numbers, got % and %', p_amount, p_penalty
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Post the amount the customer paid, in the loan''s currency.';
+	END IF;
 	IF p_amount <= 0 THEN
 		RAISE EXCEPTION 'payment amount must be positive, got %', p_amount
 			USING ERRCODE = 'invalid_parameter_value',

@@ -216,6 +216,9 @@ eds_lag_worker_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(eds_worker_database, NULL, 0);
 	pgstat_report_appname("eds worker");
 
+	/* Our SQL names its schemas; nothing in public may capture a call. */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
 	was_standby = RecoveryInProgress();
 	passcxt = AllocSetContextCreate(TopMemoryContext, "eds worker pass", ALLOCSET_DEFAULT_SIZES);
 

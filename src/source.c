@@ -52,6 +52,12 @@ eds_set_source(PG_FUNCTION_ARGS)
 				 errmsg("eds_set_source: conninfo must not be null"),
 				 errhint("Pass a libpq connection string such as 'host=127.0.0.1 port=5440 dbname=loans_db user=eds_etl password=...'.")));
 	conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (strspn(conninfo, " \t\n\r") == strlen(conninfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("eds_set_source: conninfo is empty"),
+				 errdetail("An empty connection string would connect to this server's own defaults."),
+				 errhint("Name the source: 'host=... port=... dbname=... user=... password=...'.")));
 
 	opts = PQconninfoParse(conninfo, &errmsg_libpq);
 	if (opts == NULL)

@@ -26,6 +26,7 @@
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 
 #include "eds.h"
 
@@ -52,6 +53,9 @@ eds_etl_worker_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnectionByOid(args.database, args.role, 0);
 	pgstat_report_appname("eds etl");
+
+	/* Our SQL names its schemas; nothing in public may capture a call. */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	eds_etl_run(DatumGetInt64(main_arg));
 	proc_exit(0);
