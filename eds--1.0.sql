@@ -1390,6 +1390,16 @@ BEGIN
 	   AND (d.version_no = 1 OR d.effective_from <= f.payment_date) AND f.payment_date < d.effective_to
 	   AND (f.customer_sk, f.customer_segment) IS DISTINCT FROM (d.customer_sk, d.segment);
 
+	-- A loan moved to another customer takes its payments along, each keyed
+	-- to the new customer's version current at the payment's time.
+	UPDATE warehouse.fact_payments f
+	   SET customer_id = c.customer_id, customer_sk = c.customer_sk, customer_segment = c.segment
+	  FROM warehouse.dim_loan l
+	  JOIN warehouse.dim_customer c ON c.customer_id = l.customer_id
+	 WHERE l.loan_id IN (SELECT loan_id FROM eds_changed_loans)
+	   AND f.loan_id = l.loan_id AND f.customer_id <> l.customer_id
+	   AND (c.version_no = 1 OR c.effective_from <= f.payment_date) AND f.payment_date < c.effective_to;
+
 	-- The loan's current status and branch are quick filters on its payments.
 	UPDATE warehouse.fact_payments f
 	   SET loan_status = l.status, branch_code = l.branch_code
@@ -1559,6 +1569,8 @@ AS $src$
 	  FROM operational.customers GROUP BY customer_id % 256
 	UNION ALL
 	SELECT 'fact_loans totals', 'loans whose total_paid or payment_count disagree with fact_payments', 0
+	UNION ALL
+	SELECT 'fact_payments customers', 'payments keyed to another customer than their loan''s', 0
 $src$;
 COMMENT ON FUNCTION eds.reconcile_source_figures() IS 'Figures eds_reconcile() compares, computed on the source';
 GRANT USAGE ON SCHEMA eds TO etl_reader;
@@ -1592,6 +1604,10 @@ AS $wh$
 	SELECT 'customer attributes', (customer_id % 256)::text,
 		   ('x' || left(md5(string_agg(concat_ws('|', customer_id, full_name, city, segment, email), ',' ORDER BY customer_id)), 12))::bit(48)::bigint
 	  FROM warehouse.dim_customer WHERE is_current AND NOT is_deleted GROUP BY customer_id % 256
+	UNION ALL
+	SELECT 'fact_payments customers', 'payments keyed to another customer than their loan''s', count(*)
+	  FROM warehouse.fact_payments f JOIN warehouse.dim_loan l USING (loan_id)
+	 WHERE f.customer_id <> l.customer_id
 	UNION ALL
 	-- fact_loans keeps its payment totals by delta: check them against the facts
 	SELECT 'fact_loans totals', 'loans whose total_paid or payment_count disagree with fact_payments', count(*)
@@ -1823,6 +1839,10 @@ CREATE FUNCTION eds_health(
 	OUT check_name text, OUT status text, OUT value text, OUT message text)
 RETURNS SETOF record
 LANGUAGE plpgsql
+-- Definer: a monitoring login sees replication details, the archive status
+-- directory and pg_cron's jobs, which its own rights would hide.  It takes
+-- no input, and its search_path is pinned.
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $health$
 DECLARE
@@ -1887,7 +1907,12 @@ BEGIN
 	RETURN NEXT;
 
 	-- Each replica, from its latest sample.
-	FOR r IN SELECT * FROM eds.vw_replication_lag_current WHERE sampled_at >= coalesce(v_ts, now()) - make_interval(secs => v_interval) ORDER BY replica
+	-- Only a fresh sample describes the replicas (after a promotion the
+	-- old primary's last samples are replicated history, not the present).
+	FOR r IN SELECT * FROM eds.vw_replication_lag_current
+			  WHERE sampled_at >= coalesce(v_ts, now()) - make_interval(secs => v_interval)
+				AND v_ts > now() - make_interval(secs => 3 * v_interval)
+			  ORDER BY replica
 	LOOP
 		check_name := 'replica ' || r.replica;
 		value := format('%s, replay %s bytes behind, heartbeat %s', r.status,

@@ -104,6 +104,29 @@ SELECT version_no, is_current, is_deleted FROM warehouse.dim_customer
  WHERE customer_id = (SELECT max(customer_id) FROM warehouse.dim_customer) ORDER BY version_no;
 SELECT * FROM eds_reconcile();
 
+-- A loan handed to another customer takes its payments along.
+SELECT l.loan_id AS moved_loan, (SELECT min(c.customer_id) FROM operational.customers c
+								   WHERE c.customer_id <> l.customer_id) AS new_owner
+  FROM operational.loans l WHERE EXISTS (SELECT FROM operational.payments p WHERE p.loan_id = l.loan_id)
+ ORDER BY l.loan_id LIMIT 1 \gset
+UPDATE operational.loans SET customer_id = :new_owner WHERE loan_id = :moved_loan;
+SELECT status FROM eds_run_etl();
+SELECT count(*) FILTER (WHERE customer_id = :new_owner) = count(*) AS payments_follow_the_loan
+  FROM warehouse.fact_payments WHERE loan_id = :moved_loan;
+SELECT * FROM eds_reconcile();
+
+-- Inside a REPEATABLE READ transaction the result could not be seen: refused.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT status FROM eds_run_etl();
+ROLLBACK;
+
+-- A failure's hint reaches the caller and the run row.
+CREATE TEMP TABLE saved_state AS SELECT * FROM audit.etl_state;
+DELETE FROM audit.etl_state;
+SELECT status FROM eds_run_etl();
+SELECT error_detail FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1;
+INSERT INTO audit.etl_state SELECT * FROM saved_state;
+
 -- A run left 'running' by a crash is marked failed by the next run.
 INSERT INTO audit.etl_runs (status) VALUES ('running');
 SELECT status FROM eds_run_etl();

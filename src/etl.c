@@ -519,8 +519,12 @@ eds_etl_run(int64 token)
 		/* A fresh transaction, so the failure survives the rollback. */
 		etl_begin();
 		{
-			const char *args[3] = {run_id_text, edata->message,
-			edata->detail ? edata->detail : edata->hint};
+			/* Keep both: the detail says what happened, the hint what to do. */
+			char	   *detail = (edata->detail && edata->hint) ?
+				psprintf("%s\nHint: %s", edata->detail, edata->hint) :
+				edata->detail ? edata->detail :
+				edata->hint ? psprintf("Hint: %s", edata->hint) : NULL;
+			const char *args[3] = {run_id_text, edata->message, detail};
 
 			etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
 					"error_message = $2, error_detail = $3 WHERE run_id = $1::bigint", 3, args);

@@ -17,6 +17,7 @@
 
 #include <signal.h>
 
+#include "access/xact.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -77,6 +78,14 @@ eds_run_etl(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "eds_run_etl must return a row");
+
+	/* The run commits in another process; a transaction snapshot would not see it. */
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("eds_run_etl() cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
+				 errdetail("The run commits in its own worker; this transaction's snapshot could not see the result."),
+				 errhint("Call it in READ COMMITTED, the default, for example outside an explicit transaction block.")));
 
 	/* The worker finds its run row by this token. */
 	if (!pg_strong_random(&token, sizeof(token)))
@@ -156,10 +165,18 @@ eds_run_etl(PG_FUNCTION_ARGS)
 			int64		run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 															 SPI_tuptable->tupdesc, 1, &isnull));
 			char	   *message = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 15);
+			char	   *detail = NULL;
+
+			values[0] = Int64GetDatum(run_id);
+			if (SPI_execute_with_args("SELECT error_detail FROM audit.etl_runs WHERE run_id = $1",
+									  1, argtypes, values, NULL, false, 1) == SPI_OK_SELECT &&
+				SPI_processed == 1)
+				detail = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
 			ereport(ERROR,
 					(errcode(ERRCODE_SQL_ROUTINE_EXCEPTION),
 					 errmsg("ETL run " INT64_FORMAT " failed: %s", run_id, message ? message : "unknown error"),
+					 detail ? errdetail_internal("%s", detail) : 0,
 					 errhint("The run is recorded in audit.etl_runs (error_message, error_detail); "
 							 "the warehouse is unchanged and the next run retries the same changes.")));
 		}

@@ -292,6 +292,11 @@ my $job = $warehouse->safe_psql('postgres', q{SELECT eds_schedule_etl('*/15 * * 
 like($job, qr/^\d+$/, 'eds_schedule_etl returns the pg_cron job id');
 is($warehouse->safe_psql('postgres', q{SELECT schedule || ' ' || command FROM cron.job WHERE jobname = 'eds_etl'}),
 	'*/15 * * * * SELECT status FROM public.eds_run_etl()', 'the job runs eds_run_etl every 15 minutes');
+$warehouse->safe_psql('postgres', 'CREATE ROLE watcher LOGIN IN ROLE pg_monitor');
+is($warehouse->safe_psql('postgres', q{SET ROLE watcher;
+	SELECT string_agg(check_name || '=' || status, ',' ORDER BY check_name) FROM eds_health()
+	 WHERE check_name LIKE 'etl%'}), 'etl=ok,etl schedule=ok',
+	'a pg_monitor login sees the ETL and its pg_cron job in eds_health()');
 is($warehouse->safe_psql('postgres', 'SELECT eds_unschedule_etl()'), 't', 'eds_unschedule_etl removes it');
 
 done_testing();
