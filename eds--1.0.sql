@@ -720,11 +720,13 @@ CREATE TABLE warehouse.fact_payments (
 	penalty_portion		numeric(14,2) NOT NULL,
 	customer_segment	text,
 	loan_status			text,
-	branch_code			text,
-	PRIMARY KEY (payment_id, payment_date)
+	branch_code			text
 ) PARTITION BY RANGE (payment_date);
-CREATE INDEX fact_payments_customer_idx ON warehouse.fact_payments (customer_id);
-CREATE INDEX fact_payments_loan_idx ON warehouse.fact_payments (loan_id);
+-- No index on the parent: each monthly partition gets its key and indexes
+-- from the ETL when it is created (eds.ensure_fact_partitions).  Indexes on
+-- this extension-owned parent would make pg_dump's output of the
+-- partitions, which are ordinary tables, collide with the ones ATTACH
+-- creates, and a restore would stop on them.
 
 CREATE TABLE warehouse.fact_loans (
 	loan_id				bigint PRIMARY KEY,
@@ -1182,6 +1184,9 @@ BEGIN
 			EXECUTE format('CREATE TABLE warehouse.%I PARTITION OF warehouse.fact_payments FOR VALUES FROM (%L) TO (%L)',
 						   part, m::timestamp AT TIME ZONE 'UTC',
 						   (m + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+			EXECUTE format('ALTER TABLE warehouse.%I ADD PRIMARY KEY (payment_id)', part);
+			EXECUTE format('CREATE INDEX ON warehouse.%I (customer_id)', part);
+			EXECUTE format('CREATE INDEX ON warehouse.%I (loan_id)', part);
 			created := created + 1;
 		END IF;
 	END LOOP;

@@ -60,4 +60,40 @@ is($node->safe_psql('restored',
 		"SELECT max(log_id) > 300 AND count(*) = 302 FROM operational.audit_log"),
 	't', 'audit trail continues after the restored rows');
 
+# ---------------------------------------------------------------- the warehouse side
+# The same database as warehouse of itself: the star schema, its monthly
+# partitions (ordinary tables the ETL created), the SCD2 history, the run
+# history and the watermark must all survive a dump and restore.
+my ($host, $port) = ($node->host, $node->port);
+$node->safe_psql('postgres', qq{SELECT eds_set_source('host=$host port=$port dbname=postgres')});
+is($node->safe_psql('postgres', 'SELECT status FROM eds_run_etl()'), 'success', 'warehouse loaded');
+$node->safe_psql('postgres', q{UPDATE operational.customers SET city = 'Lamu' WHERE customer_id % 7 = 0});
+is($node->safe_psql('postgres', 'SELECT status FROM eds_run_etl()'), 'success', 'SCD2 versions made');
+
+my $star = q{
+	SELECT (SELECT count(*) FROM warehouse.fact_payments) || '/' ||
+		   (SELECT sum(payment_amount) FROM warehouse.fact_payments) || '/' ||
+		   (SELECT count(*) FROM warehouse.dim_customer) || '/' ||
+		   (SELECT count(*) FROM warehouse.dim_customer WHERE version_no > 1) || '/' ||
+		   (SELECT count(*) FROM warehouse.fact_loans) || '/' ||
+		   (SELECT sum(total_paid) FROM warehouse.fact_loans) || '/' ||
+		   (SELECT count(*) FROM audit.etl_runs) || '/' ||
+		   (SELECT watermark FROM audit.etl_state)
+};
+my $star_before = $node->safe_psql('postgres', $star);
+my $wdump = $node->basedir . '/warehouse.dump';
+$node->command_ok([ 'pg_dump', '-Fc', '-d', $node->connstr('postgres'), '-f', $wdump ],
+	'pg_dump of the warehouse');
+$node->safe_psql('postgres', 'CREATE DATABASE warehouse_copy');
+{
+	local $ENV{PGOPTIONS} = '-c session_replication_role=replica';
+	$node->command_ok(
+		[ 'pg_restore', '--exit-on-error', '-d', $node->connstr('warehouse_copy'), $wdump ],
+		'pg_restore of the warehouse, partitions included, without a single error');
+}
+is($node->safe_psql('warehouse_copy', $star), $star_before,
+	'restored: facts, money, SCD2 versions, fact_loans totals, run history, watermark');
+is($node->safe_psql('warehouse_copy', q{SELECT status || '/' || mode || '/' || rows_read FROM eds_run_etl()}),
+	'success/incremental/0', 'the restored warehouse carries on from its watermark');
+
 done_testing();
