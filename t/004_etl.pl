@@ -224,6 +224,82 @@ like($warehouse->safe_psql('postgres',
 is(run_etl(), 'success/incremental', 'run after the primary restarted');
 independent_check($primary, 'after the primary restart');
 
+# ---------------------------------------------------------------- the source session killed
+# During the extract: the ETL's session on the primary is terminated while
+# it waits on a lock there.
+$primary->safe_psql('postgres', q{UPDATE operational.customers SET city = 'Voi' WHERE customer_id % 13 = 0});
+my $locker = $primary->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK operational.customers IN ACCESS EXCLUSIVE MODE;');
+my $victim2 = $warehouse->background_psql('postgres', on_error_stop => 0);
+$victim2->query_until(qr/start_t/, "\\echo start_t\nSELECT status FROM eds_run_etl();\n");
+$primary->poll_query_until('postgres',
+	q{SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'eds_etl' AND wait_event_type = 'Lock'})
+  or die 'ETL did not reach the extraction';
+$primary->safe_psql('postgres',
+	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'eds_etl'});
+$victim2->quit;
+$locker->query_safe('COMMIT');
+$locker->quit;
+like($warehouse->safe_psql('postgres',
+	q{SELECT status || ': ' || error_message FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1}),
+	qr/^failed: ETL source failed while extracting rows/, 'a source session killed mid-extract fails the run, saying so');
+is(run_etl(), 'success/incremental', 'the next run succeeds');
+independent_check($primary, 'after the source session was killed mid-extract');
+
+# During the load: the extract is done and the source session idles while
+# the warehouse waits on a lock; killing it must not matter to the load.
+$primary->safe_psql('postgres', q{UPDATE operational.loans SET branch_code = 'TERM' WHERE loan_id % 13 = 0});
+my $wlock = $warehouse->background_psql('postgres');
+$wlock->query_safe('BEGIN; LOCK warehouse.fact_loans IN ACCESS EXCLUSIVE MODE;');
+my $victim3 = $warehouse->background_psql('postgres', on_error_stop => 0);
+$victim3->query_until(qr/start_l/, "\\echo start_l\nSELECT status FROM eds_run_etl();\n");
+$warehouse->poll_query_until('postgres',
+	q{SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'eds etl' AND wait_event_type = 'Lock'})
+  or die 'ETL worker did not reach the load';
+$primary->safe_psql('postgres',
+	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'eds_etl'});
+$wlock->query_safe('COMMIT');
+$wlock->quit;
+$victim3->quit;
+like($warehouse->safe_psql('postgres',
+	q{SELECT status FROM audit.etl_runs WHERE status <> 'skipped' ORDER BY run_id DESC LIMIT 1}),
+	qr/^success$/, 'a source session killed during the load: the load, already extracted, commits');
+is(run_etl(), 'success/incremental', 'the next run succeeds');
+independent_check($primary, 'after the source session was killed during the load');
+
+# ---------------------------------------------------------------- unreachable sources
+for my $case (
+	[ "host=127.0.0.1 port=1 dbname=postgres user=etl password=$etl_password", qr/could not connect to the ETL source.*port=1/s, 'a wrong port' ],
+	[ sprintf('host=%s port=%d dbname=postgres user=etl password=wrong', $primary->host, $primary->port),
+	  qr/could not connect to the ETL source.*password authentication failed/s, 'a wrong password' ],
+	[ 'host=no-such-host.invalid port=5432 dbname=postgres user=etl password=x',
+	  qr/could not connect to the ETL source.*no-such-host\.invalid/s, 'a host name that does not resolve' ])
+{
+	my ($conninfo, $expect, $what) = @$case;
+	$warehouse->safe_psql('postgres', "SELECT eds_set_source('$conninfo')");
+	my ($ret, $out, $err) = $warehouse->psql('postgres', 'SELECT status FROM eds_run_etl()');
+	isnt($ret, 0, "$what: the run fails");
+	like($err . $warehouse->safe_psql('postgres',
+		q{SELECT error_message || ' ' || coalesce(error_detail, '') FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1}),
+		$expect, "$what: the error names the server and says what failed");
+	unlike($err, qr/\Q$etl_password\E/, "$what: the error does not show the password");
+}
+set_source($primary);
+
+# ---------------------------------------------------------------- a timeout on the warehouse
+$primary->safe_psql('postgres', q{UPDATE operational.loans SET branch_code = 'TIMEOUT' WHERE loan_id % 17 = 0});
+$warehouse->safe_psql('postgres', q{ALTER DATABASE postgres SET lock_timeout = '500ms'});
+my $tlock = $warehouse->background_psql('postgres');
+$tlock->query_safe('BEGIN; LOCK warehouse.fact_loans IN ACCESS EXCLUSIVE MODE;');
+my ($tret, $tout, $terr) = $warehouse->psql('postgres', 'SELECT status FROM eds_run_etl()');
+$tlock->query_safe('COMMIT');
+$tlock->quit;
+$warehouse->safe_psql('postgres', q{ALTER DATABASE postgres RESET lock_timeout});
+isnt($tret, 0, 'a lock timeout on the warehouse fails the run');
+like($terr, qr/lock timeout/, 'the caller is told it was a lock timeout');
+is(run_etl(), 'success/incremental', 'the next run succeeds');
+independent_check($primary, 'after a lock timeout on the warehouse');
+
 # ---------------------------------------------------------------- the replica as source
 $primary->safe_psql('postgres', q{UPDATE operational.customers SET segment = 'corporate' WHERE customer_id = 5;
 	SELECT count(*) FROM (SELECT operational.post_payment(loan_id, 1.50, 'cash')
