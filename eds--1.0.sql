@@ -770,6 +770,7 @@ CREATE TABLE audit.etl_runs (
 	to_txid			xid8,
 	source_lsn		pg_lsn,
 	source_time		timestamptz,
+	source_lag		interval,
 	rows_read		bigint,
 	rows_inserted	bigint,
 	rows_updated	bigint,
@@ -923,6 +924,7 @@ COMMENT ON COLUMN audit.etl_runs.from_txid IS 'Start of the source transaction w
 COMMENT ON COLUMN audit.etl_runs.to_txid IS 'End of the source transaction window (xid8, exclusive) this run loaded: the new watermark, where the next run starts';
 COMMENT ON COLUMN audit.etl_runs.source_lsn IS 'Source WAL position the loaded data is consistent as of';
 COMMENT ON COLUMN audit.etl_runs.source_time IS 'Source clock time the loaded data is consistent as of';
+COMMENT ON COLUMN audit.etl_runs.source_lag IS 'When the source is a replica: the age of the newest primary heartbeat it had replayed (assumes synchronized clocks); NULL on a primary';
 COMMENT ON COLUMN audit.etl_runs.rows_read IS 'Rows read from the source, all tables together';
 COMMENT ON COLUMN audit.etl_runs.rows_inserted IS 'Rows added to the warehouse, all tables together';
 COMMENT ON COLUMN audit.etl_runs.rows_updated IS 'Rows changed in the warehouse (including new customer versions), all tables together';

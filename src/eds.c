@@ -99,6 +99,14 @@ _PG_init(void)
 							PGC_SUSET, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("eds.max_source_lag",
+							"Refuse to load from a replica whose replayed heartbeat is older than this many seconds (0: no limit).",
+							NULL,
+							&eds_max_source_lag,
+							0, 0, INT_MAX,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("eds.etl_run_retention",
 							"Days of ETL run history (audit.etl_runs, etl_rejects, pg_cron details) to keep.",
 							NULL,

@@ -47,6 +47,7 @@ extern void eds_progress_end(void);
 
 /* etl.c: one run, inside the worker */
 extern int	eds_etl_run_retention;
+extern int	eds_max_source_lag;
 extern void eds_etl_run(int64 token);
 
 /* lagworker.c */

@@ -55,7 +55,11 @@ typedef struct SourcePoint
 	char	   *lsn;
 	char	   *time;
 	char	   *purged_upto;	/* NULL: nothing purged */
+	char	   *lag;			/* replica: age of the replayed heartbeat */
+	double		lag_seconds;
 } SourcePoint;
+
+int			eds_max_source_lag = 0;	/* seconds, eds.max_source_lag; 0: no limit */
 
 /* ---------------------------------------------------------------- SPI */
 
@@ -262,14 +266,37 @@ etl_open_snapshot(SourcePoint *sp)
 	res = eds_remote_exec("SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_is_in_recovery(), "
 						  "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
 						  "ELSE pg_current_wal_lsn() END)::text, now()::text, "
-						  "(SELECT purged_upto::text FROM eds.change_log_horizon)",
+						  "(SELECT purged_upto::text FROM eds.change_log_horizon), "
+						  "CASE WHEN pg_is_in_recovery() THEN "
+						  "(now() - (SELECT max(beat_at) FROM eds.heartbeat))::text END, "
+						  "CASE WHEN pg_is_in_recovery() THEN "
+						  "extract(epoch FROM now() - (SELECT max(beat_at) FROM eds.heartbeat)) END",
 						  PGRES_TUPLES_OK, "taking the snapshot");
 	sp->horizon = pstrdup(PQgetvalue(res, 0, 0));
 	sp->is_replica = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
 	sp->lsn = PQgetisnull(res, 0, 2) ? NULL : pstrdup(PQgetvalue(res, 0, 2));
 	sp->time = pstrdup(PQgetvalue(res, 0, 3));
 	sp->purged_upto = PQgetisnull(res, 0, 4) ? NULL : pstrdup(PQgetvalue(res, 0, 4));
+	sp->lag = PQgetisnull(res, 0, 5) ? NULL : pstrdup(PQgetvalue(res, 0, 5));
+	sp->lag_seconds = PQgetisnull(res, 0, 6) ? 0 : strtod(PQgetvalue(res, 0, 6), NULL);
 	PQclear(res);
+
+	/*
+	 * A replica far behind would load an old state (never a wrong one: the
+	 * watermark does not move back).  Its lag is the age of the newest
+	 * primary heartbeat it has replayed, which assumes synchronized clocks.
+	 */
+	if (sp->is_replica && eds_max_source_lag > 0 && sp->lag_seconds > eds_max_source_lag)
+	{
+		eds_remote_disconnect();
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the ETL source replica is %.0f s behind the primary, more than eds.max_source_lag (%d s)",
+						sp->lag_seconds, eds_max_source_lag),
+				 errdetail("Its newest replayed heartbeat is %s old.", sp->lag ? sp->lag : "?"),
+				 errhint("Wait for the replica to catch up, check its replay (pg_is_wal_replay_paused()), "
+						 "or point eds_set_source() at the primary.")));
+	}
 }
 
 /* ---------------------------------------------------------------- the run */
@@ -378,19 +405,19 @@ etl_load(int64 run_id, const char *run_id_text)
 	{
 		char	   *phases = psprintf("{\"connect\": %.1f, \"extract\": %.1f, \"load\": %.1f}",
 									  ms_connect, ms_extract, ms_load);
-		const char *args[11] = {run_id_text, mode, source_desc, sp.is_replica ? "true" : "false",
-			watermark, noop ? watermark : sp.horizon, sp.lsn, sp.time, counts, phases, note};
+		const char *args[12] = {run_id_text, mode, source_desc, sp.is_replica ? "true" : "false",
+			watermark, noop ? watermark : sp.horizon, sp.lsn, sp.time, counts, phases, note, sp.lag};
 
 		etl_sql("UPDATE audit.etl_runs SET status = 'success', run_finished_at = clock_timestamp(), "
 				"mode = $2, source_server = $3, source_is_replica = $4::boolean, from_txid = $5::xid8, "
 				"to_txid = $6::xid8, source_lsn = $7::pg_lsn, source_time = $8::timestamptz, "
-				"table_counts = $9::jsonb, phase_ms = $10::jsonb, note = $11, "
+				"table_counts = $9::jsonb, phase_ms = $10::jsonb, note = $11, source_lag = $12::interval, "
 				"rows_read = (SELECT sum((v->>'read')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
 				"rows_inserted = (SELECT sum((v->>'inserted')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
 				"rows_updated = (SELECT sum((v->>'updated')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
 				"rows_deleted = (SELECT sum((v->>'deleted')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
 				"rows_rejected = ($9::jsonb #>> '{payments,rejected}')::bigint "
-				"WHERE run_id = $1::bigint", 11, args);
+				"WHERE run_id = $1::bigint", 12, args);
 	}
 	etl_commit();
 	return !sp.is_replica && !noop;

@@ -311,6 +311,25 @@ is($warehouse->safe_psql('postgres',
 	'SELECT source_is_replica FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1'), 't',
 	'the run row says it read a replica');
 independent_check($replica, 'replica as source');
+
+# A replica too far behind is refused, not loaded from.
+$warehouse->safe_psql('postgres', 'ALTER SYSTEM SET eds.max_source_lag = 2');
+$warehouse->reload;
+$replica->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
+sleep 3;
+my ($lret, $lout, $lerr) = $warehouse->psql('postgres', 'SELECT status FROM eds_run_etl()');
+isnt($lret, 0, 'a run from a replica lagging more than eds.max_source_lag fails');
+like($lerr, qr/ETL source replica is \d+ s behind the primary, more than eds.max_source_lag/,
+	'the error says how far behind the replica is');
+$replica->safe_psql('postgres', 'SELECT pg_wal_replay_resume()');
+$primary->safe_psql('postgres', 'SELECT eds_sample_replication_lag()');
+$primary->wait_for_catchup($replica);
+is(run_etl(), 'success/incremental', 'caught up again, the replica is used');
+ok($warehouse->safe_psql('postgres',
+	'SELECT source_lag < interval \'2 seconds\' FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1') eq 't',
+	'the run row records the replica\'s lag');
+$warehouse->safe_psql('postgres', 'ALTER SYSTEM RESET eds.max_source_lag');
+$warehouse->reload;
 set_source($primary);
 
 # ---------------------------------------------------------------- a failed run is recorded
