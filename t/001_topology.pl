@@ -325,6 +325,55 @@ is_deeply(server_pids(), $pids_before, 'second up restarts nothing');
 is_deeply(checksums(), $sums_before, 'second up rewrites no file');
 
 # ---------------------------------------------------------------------------
+# backups (bin/eds-backup), with data moved by the ETL
+
+if ($have_eds)
+{
+	my $backup = "$repo/bin/eds-backup";
+	sub backup_cmd
+	{
+		my ($o, $e) = ('', '');
+		IPC::Run::run([ $backup, @_ ], '<' => \undef, '>' => \$o, '2>' => \$e, IPC::Run::timeout(600));
+		note "bin/eds-backup @_ => exit " . ($? >> 8) . "\n$o$e";
+		return ($? >> 8, $o, $e);
+	}
+	($rc, $out, $err) = query('primary', 'SELECT count(*) FROM eds_generate_demo_data(20, 30, 120, 5)');
+	is($rc, 0, 'demo data loaded on the primary');
+	($rc, $out, $err) = query('warehouse', 'SELECT status FROM eds_run_etl()');
+	is($out, "success\n", 'the warehouse ETL, wired by up, loads from the primary as eds_etl');
+
+	($rc, $out, $err) = backup_cmd('backup', 'all');
+	is($rc, 0, 'eds-backup backup all');
+	my @files = split /\n/, $out;
+	is(scalar(@files), 2, 'one dump per database');
+	is(sprintf('%04o', file_mode($_)), '0600', "$_ is 0600") for @files;
+	my ($op_file) = grep { m{/operational-} } @files;
+	my ($wh_file) = grep { m{/warehouse-} } @files;
+
+	($rc, $out, $err) = backup_cmd('restore', $op_file, 'loans_db_copy');
+	is($rc, 0, 'the operational backup restores into a new database') or diag $err;
+	my ($r1, $src) = query('primary', 'SELECT count(*) || \'/\' || sum(amount) FROM operational.payments');
+	my ($r2, $copy) = eds('psql', 'primary', '-X', '-w', '-A', '-t', '-q', '-d', 'loans_db_copy', '-c',
+		'SELECT count(*) || \'/\' || sum(amount) FROM operational.payments');
+	is($copy, $src, 'the restored copy has every payment');
+
+	($rc, $out, $err) = backup_cmd('restore', $wh_file, 'warehouse_copy');
+	is($rc, 0, 'the warehouse backup restores into a new database (without pg_cron)') or diag $err;
+	my ($r3, $wsrc) = query('warehouse', 'SELECT count(*) || \'/\' || sum(payment_amount) FROM warehouse.fact_payments');
+	my ($r4, $wcopy) = eds('psql', 'warehouse', '-X', '-w', '-A', '-t', '-q', '-d', 'warehouse_copy', '-c',
+		'SELECT count(*) || \'/\' || sum(payment_amount) FROM warehouse.fact_payments');
+	is($wcopy, $wsrc, 'the restored warehouse has every fact');
+
+	($rc, $out, $err) = backup_cmd('restore', $op_file, 'loans_db_copy');
+	isnt($rc, 0, 'a restore never overwrites an existing database');
+	like($err, qr/already exists/, '... and says so');
+
+	($rc, $out, $err) = backup_cmd('health');
+	is($rc, 0, 'eds-backup health');
+	like($out, qr/wal archiving/, 'health shows the archiving check');
+}
+
+# ---------------------------------------------------------------------------
 # down
 
 ($rc, $out, $err) = eds('down');
