@@ -59,6 +59,26 @@ SELECT actor FROM operational.audit_log ORDER BY log_id DESC LIMIT 1;
 RESET eds.actor;
 SELECT count(*) > 0 AS audit_log_intact FROM operational.audit_log;
 
+-- A non-superuser may not make the server connect without a password
+-- (the dblink / postgres_fdw rule), even when granted the function.
+SELECT eds_set_source(format('host=%s port=%s dbname=%s', current_setting('unix_socket_directories'),
+							 current_setting('port'), current_database())) IS NOT NULL AS declared;
+CREATE ROLE borrower LOGIN;
+GRANT EXECUTE ON FUNCTION eds_reconcile() TO borrower;
+GRANT USAGE ON FOREIGN SERVER eds_source TO borrower;
+CREATE USER MAPPING FOR borrower SERVER eds_source;
+SET SESSION AUTHORIZATION borrower;
+SELECT * FROM eds_reconcile();
+RESET SESSION AUTHORIZATION;
+ALTER USER MAPPING FOR borrower SERVER eds_source OPTIONS (ADD password 'not-asked-for');
+SET SESSION AUTHORIZATION borrower;
+SELECT * FROM eds_reconcile();
+RESET SESSION AUTHORIZATION;
+DROP USER MAPPING FOR borrower SERVER eds_source;
+REVOKE ALL ON FOREIGN SERVER eds_source FROM borrower;
+REVOKE ALL ON FUNCTION eds_reconcile() FROM borrower;
+DROP ROLE borrower;
+
 -- Settings read at reload cannot be changed in a session, and typos are refused.
 SET eds.lag_sample_interval = 0;
 SET eds.no_such_setting = 1;
