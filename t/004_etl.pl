@@ -206,23 +206,26 @@ like($warehouse->safe_psql('postgres',
 independent_check($primary, 'after kill -9 of the warehouse');
 
 # ---------------------------------------------------------------- primary restart mid-run
-$primary->safe_psql('postgres', q{UPDATE operational.customers SET city = 'Garissa' WHERE customer_id % 9 = 0});
-my $src_blocker = $primary->background_psql('postgres');
-$src_blocker->query_safe('BEGIN; LOCK operational.customers IN ACCESS EXCLUSIVE MODE;');
-my $runner = $warehouse->background_psql('postgres', on_error_stop => 0);
-$runner->query_until(qr/start_r/, "\\echo start_r\nSELECT status FROM eds_run_etl();\n");
-$primary->poll_query_until('postgres',
-	q{SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'eds_etl' AND wait_event_type = 'Lock'})
-  or die 'ETL did not reach the extraction';
-$primary->stop('immediate');
-$primary->start;
-eval { $src_blocker->quit; };
-$runner->quit;
-like($warehouse->safe_psql('postgres',
-	q{SELECT error_message FROM audit.etl_runs WHERE status = 'failed' ORDER BY run_id DESC LIMIT 1}),
-	qr/ETL source/, 'the run cut by the primary restart is recorded as failed, naming the source');
-is(run_etl(), 'success/incremental', 'run after the primary restarted');
-independent_check($primary, 'after the primary restart');
+for my $mode ('immediate', 'fast')
+{
+	$primary->safe_psql('postgres', qq{UPDATE operational.customers SET city = 'Garissa-$mode' WHERE customer_id % 9 = 0});
+	my $src_blocker = $primary->background_psql('postgres');
+	$src_blocker->query_safe('BEGIN; LOCK operational.customers IN ACCESS EXCLUSIVE MODE;');
+	my $runner = $warehouse->background_psql('postgres', on_error_stop => 0);
+	$runner->query_until(qr/start_r/, "\\echo start_r\nSELECT status FROM eds_run_etl();\n");
+	$primary->poll_query_until('postgres',
+		q{SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'eds_etl' AND wait_event_type = 'Lock'})
+	  or die 'ETL did not reach the extraction';
+	$primary->stop($mode);
+	$primary->start;
+	eval { $src_blocker->quit; };
+	$runner->quit;
+	like($warehouse->safe_psql('postgres',
+		q{SELECT error_message FROM audit.etl_runs WHERE status = 'failed' ORDER BY run_id DESC LIMIT 1}),
+		qr/ETL source/, "the run cut by a $mode restart of the primary is recorded as failed, naming the source");
+	is(run_etl(), 'success/incremental', "run after the $mode restart of the primary");
+	independent_check($primary, "after the $mode restart of the primary");
+}
 
 # ---------------------------------------------------------------- the source session killed
 # During the extract: the ETL's session on the primary is terminated while
