@@ -385,6 +385,31 @@ $warehouse->safe_psql('postgres', 'CREATE ROLE metabase LOGIN IN ROLE warehouse_
 is($warehouse->safe_psql('postgres', q{SET ROLE metabase; SELECT status FROM warehouse.vw_replication_lag_current}),
 	'streaming', 'warehouse_reader sees the replica\'s current lag');
 
+# ---------------------------------------------------------------- the source replica promoted mid-run
+$primary->safe_psql('postgres', q{UPDATE operational.customers SET segment = 'sme' WHERE customer_id % 19 = 0});
+$primary->wait_for_catchup($replica);
+set_source($replica);
+my $plock = $warehouse->background_psql('postgres');
+$plock->query_safe('BEGIN; LOCK warehouse.fact_loans IN ACCESS EXCLUSIVE MODE;');
+my $promoted_run = $warehouse->background_psql('postgres', on_error_stop => 0);
+$promoted_run->query_until(qr/start_p/, "\\echo start_p\nSELECT status FROM eds_run_etl();\n");
+$warehouse->poll_query_until('postgres',
+	q{SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'eds etl' AND wait_event_type = 'Lock'})
+  or die 'ETL worker did not reach the load';
+$replica->promote;
+$replica->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die 'promotion did not finish';
+$plock->query_safe('COMMIT');
+$plock->quit;
+$promoted_run->quit;
+is($warehouse->safe_psql('postgres',
+	q{SELECT status || '/' || source_is_replica FROM audit.etl_runs WHERE status <> 'skipped' ORDER BY run_id DESC LIMIT 1}),
+	'success/true', 'the run in flight when its replica was promoted committed what it read, and says it read a replica');
+is(run_etl(), 'success/incremental', 'the next run reads the promoted server');
+is($warehouse->safe_psql('postgres', 'SELECT source_is_replica FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1'),
+	'f', 'and records that it is now a primary');
+independent_check($replica, 'after the source replica was promoted mid-run');
+set_source($primary);
+
 # ---------------------------------------------------------------- scheduling with pg_cron
 my $job = $warehouse->safe_psql('postgres', q{SELECT eds_schedule_etl('*/15 * * * *')});
 like($job, qr/^\d+$/, 'eds_schedule_etl returns the pg_cron job id');
