@@ -36,7 +36,6 @@
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "catalog/pg_class.h"
-#include "catalog/pg_index.h"
 
 #include "eds.h"
 
@@ -77,25 +76,14 @@ audit_key_attnum(Relation rel, Trigger *trigger)
 	}
 
 	/* No argument: first column of the primary key, if there is one. */
-	{
-		Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
-		HeapTuple	idxtup;
-		Form_pg_index idx;
-
-		if (!OidIsValid(pkoid))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("table \"%s\" has no primary key for the audit trigger to record",
-							RelationGetRelationName(rel)),
-					 errhint("Add a primary key, or pass the key column's name as the trigger's argument.")));
-		idxtup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(pkoid));
-		if (!HeapTupleIsValid(idxtup))
-			elog(ERROR, "cache lookup failed for index %u", pkoid);
-		idx = (Form_pg_index) GETSTRUCT(idxtup);
-		attnum = idx->indkey.values[0];
-		ReleaseSysCache(idxtup);
-		return attnum;
-	}
+	attnum = eds_primary_key_attnum(rel);
+	if (attnum == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has no primary key for the audit trigger to record",
+						RelationGetRelationName(rel)),
+				 errhint("Add a primary key, or pass the key column's name as the trigger's argument.")));
+	return attnum;
 }
 
 /* The names of the columns whose values differ between two versions. */

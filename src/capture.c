@@ -29,48 +29,48 @@ PG_FUNCTION_INFO_V1(eds_capture_change);
 static SPIPlanPtr capture_plan = NULL;
 static Oid	capture_arg_types[3] = {TEXTOID, CHAROID, INT8OID};
 
-/* The table's key: first primary-key column, which must be an integer. */
-static int64
-capture_key(Relation rel, HeapTuple tuple)
+/* The key column: first primary-key column, which must be an integer. */
+static AttrNumber
+capture_key_attnum(Relation rel)
 {
-	TupleDesc	tupdesc = RelationGetDescr(rel);
-	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
-	Relation	index;
-	AttrNumber	attnum;
+	AttrNumber	attnum = eds_primary_key_attnum(rel);
 	Oid			atttype;
-	bool		isnull;
-	Datum		value;
 
-	if (!OidIsValid(pkoid))
+	if (attnum == InvalidAttrNumber)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table \"%s\" has no primary key for eds change capture",
 						RelationGetRelationName(rel)),
 				 errhint("eds.capture_change() only works on tables with an integer primary key.")));
-	index = RelationIdGetRelation(pkoid);
-	attnum = index->rd_index->indkey.values[0];
-	RelationClose(index);
+	atttype = TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid;
+	if (atttype != INT2OID && atttype != INT4OID && atttype != INT8OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("primary key of table \"%s\" is not an integer",
+						RelationGetRelationName(rel)),
+				 errhint("eds.capture_change() only works on tables with an integer primary key.")));
+	return attnum;
+}
 
-	atttype = TupleDescAttr(tupdesc, attnum - 1)->atttypid;
-	value = heap_getattr(tuple, attnum, tupdesc, &isnull);
+/* The key of one row version. */
+static int64
+capture_key(Relation rel, AttrNumber attnum, HeapTuple tuple)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	bool		isnull;
+	Datum		value = heap_getattr(tuple, attnum, tupdesc, &isnull);
+
 	if (isnull)
 		elog(ERROR, "primary key of \"%s\" is null", RelationGetRelationName(rel));
-	switch (atttype)
+	switch (TupleDescAttr(tupdesc, attnum - 1)->atttypid)
 	{
 		case INT2OID:
 			return DatumGetInt16(value);
 		case INT4OID:
 			return DatumGetInt32(value);
-		case INT8OID:
-			return DatumGetInt64(value);
 		default:
-			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("primary key of table \"%s\" is not an integer",
-							RelationGetRelationName(rel)),
-					 errhint("eds.capture_change() only works on tables with an integer primary key.")));
+			return DatumGetInt64(value);
 	}
-	return 0;					/* keep compiler quiet */
 }
 
 static void
@@ -90,6 +90,7 @@ eds_capture_change(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Relation	rel;
+	AttrNumber	keyattnum;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
@@ -101,18 +102,19 @@ eds_capture_change(PG_FUNCTION_ARGS)
 				 errhint("Create it with CREATE TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW.")));
 
 	rel = trigdata->tg_relation;
+	keyattnum = capture_key_attnum(rel);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		capture_record(rel, 'I', capture_key(rel, trigdata->tg_trigtuple));
+		capture_record(rel, 'I', capture_key(rel, keyattnum, trigdata->tg_trigtuple));
 	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
-		capture_record(rel, 'D', capture_key(rel, trigdata->tg_trigtuple));
+		capture_record(rel, 'D', capture_key(rel, keyattnum, trigdata->tg_trigtuple));
 	else
 	{
-		int64		oldkey = capture_key(rel, trigdata->tg_trigtuple);
-		int64		newkey = capture_key(rel, trigdata->tg_newtuple);
+		int64		oldkey = capture_key(rel, keyattnum, trigdata->tg_trigtuple);
+		int64		newkey = capture_key(rel, keyattnum, trigdata->tg_newtuple);
 
 		if (oldkey == newkey)
 			capture_record(rel, 'U', newkey);

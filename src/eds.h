@@ -12,6 +12,7 @@
 #include "access/htup.h"
 #include "access/tupdesc.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 
 #include "compat.h"
 
@@ -25,6 +26,7 @@ extern Jsonb *eds_tuple_to_jsonb(HeapTuple tuple, TupleDesc tupdesc);
 /* util.c */
 #include "executor/spi.h"
 extern Oid	eds_relation_owner(const char *nspname, const char *relname);
+extern AttrNumber eds_primary_key_attnum(Relation rel);
 extern void eds_insert_as_owner(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
 								Datum *values, const char *nulls, Oid owner);
 

@@ -10,9 +10,11 @@
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 
 #include "eds.h"
@@ -37,6 +39,24 @@ eds_relation_owner(const char *nspname, const char *relname)
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 	return owner;
+}
+
+/* First column of the table's primary key, or InvalidAttrNumber if none. */
+AttrNumber
+eds_primary_key_attnum(Relation rel)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	HeapTuple	idxtup;
+	AttrNumber	attnum;
+
+	if (!OidIsValid(pkoid))
+		return InvalidAttrNumber;
+	idxtup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(pkoid));
+	if (!HeapTupleIsValid(idxtup))
+		elog(ERROR, "cache lookup failed for index %u", pkoid);
+	attnum = ((Form_pg_index) GETSTRUCT(idxtup))->indkey.values[0];
+	ReleaseSysCache(idxtup);
+	return attnum;
 }
 
 /*
