@@ -26,7 +26,7 @@ SHLIB_LINK_INTERNAL = $(libpq)
 include $(PGXS)
 
 # ---- project commands (the README's two commands) -------------------------
-.PHONY: demo test bootstrap dist
+.PHONY: demo test bench bootstrap dist
 
 bootstrap:
 	bin/eds-bootstrap
@@ -36,6 +36,16 @@ demo:
 
 test:
 	bin/eds-test
+
+# Benchmarks against the dblink pipeline and the COPY limit
+# (docs/performance.md): make bench [SCALE=S|M|L] [REPS=3]
+SCALE ?= M
+REPS ?= 3
+bench:
+	bin/eds-bootstrap
+	$(MAKE) -s
+	if [ "$$(id -u)" -eq 0 ]; then $(MAKE) -s install; else sudo $(MAKE) -s install; fi
+	bench/run --scale $(SCALE) --reps $(REPS)
 
 # A PGXN release: eds-<version>.zip of the committed tree.
 dist:

@@ -613,6 +613,28 @@ COMMENT ON SCHEMA warehouse IS 'eds: the star schema that analysts query';
 CREATE SCHEMA audit;
 COMMENT ON SCHEMA audit IS 'eds: ETL run history and rejected rows';
 
+-- Why a staged payment cannot go into the facts, or NULL when it can.
+CREATE FUNCTION eds.payment_problem(loan_id bigint, amount numeric, principal numeric, interest numeric,
+									penalty numeric, paid_at timestamptz)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+	SELECT CASE
+		WHEN loan_id IS NULL OR amount IS NULL OR paid_at IS NULL
+			 OR principal IS NULL OR interest IS NULL OR penalty IS NULL
+			THEN 'a required value is missing'
+		WHEN amount <= 0 THEN 'amount is not positive'
+		WHEN least(principal, interest, penalty) < 0 THEN 'a portion is negative'
+		WHEN amount <> principal + interest + penalty
+			THEN 'principal, interest and penalty do not add up to the amount'
+		WHEN paid_at < '2018-01-01 00:00+00' OR paid_at >= '2051-01-01 00:00+00'
+			THEN 'payment date is outside the calendar (2018-2050)'
+	END;
+END;
+COMMENT ON FUNCTION eds.payment_problem(bigint, numeric, numeric, numeric, numeric, timestamptz) IS
+	'Why a staged payment cannot be loaded (NULL when it can): the ETL''s validation rules';
+
+
 -- Staging: unlogged, emptied at the start of each run.
 CREATE UNLOGGED TABLE staging.stg_loan_products (
 	product_id integer, product_name text, product_type text
@@ -632,7 +654,14 @@ CREATE UNLOGGED TABLE staging.stg_payments (
 	payment_id bigint, loan_id bigint, amount numeric(14,2), principal_portion numeric(14,2),
 	interest_portion numeric(14,2), penalty_portion numeric(14,2), payment_method text,
 	payment_date timestamptz, created_at timestamptz, updated_at timestamptz,
-	is_deleted boolean, touched boolean
+	is_deleted boolean, touched boolean,
+	-- Computed once, as COPY stores the row; ANALYZE then tells the planner
+	-- how many rows will load (a filter on the function call it would guess).
+	problem text GENERATED ALWAYS AS (
+		CASE WHEN NOT is_deleted THEN
+			eds.payment_problem(loan_id, amount, principal_portion, interest_portion,
+								penalty_portion, payment_date)
+		END) STORED
 );
 
 CREATE TABLE warehouse.dim_date (
@@ -708,7 +737,7 @@ INSERT INTO warehouse.dim_payment_method VALUES
 CREATE TABLE warehouse.fact_payments (
 	payment_id			bigint NOT NULL,
 	payment_date		timestamptz NOT NULL,
-	date_sk				integer NOT NULL REFERENCES warehouse.dim_date,
+	date_sk				integer NOT NULL,
 	customer_sk			bigint NOT NULL,
 	loan_sk				bigint NOT NULL,
 	method_sk			smallint NOT NULL,
@@ -722,6 +751,11 @@ CREATE TABLE warehouse.fact_payments (
 	loan_status			text,
 	branch_code			text
 ) PARTITION BY RANGE (payment_date);
+-- No foreign keys: the ETL derives date_sk from payment_date, which it keeps
+-- within dim_date's calendar (eds.payment_problem), and resolves the other
+-- keys by joining the dimensions.  A foreign key would re-check each of a
+-- first load's million rows one by one, and lock the dim_date row it points
+-- to: most of a first load's time (docs/performance.md).
 -- No index on the parent: each monthly partition gets its key and indexes
 -- from the ETL when it is created (eds.ensure_fact_partitions).  Indexes on
 -- this extension-owned parent would make pg_dump's output of the
@@ -743,8 +777,36 @@ CREATE TABLE warehouse.fact_loans (
 	disbursed_at		timestamptz,
 	is_active			boolean NOT NULL,
 	is_defaulted		boolean NOT NULL,
-	is_repaid			boolean NOT NULL
+	is_repaid			boolean NOT NULL,
+	last_payment_date	timestamptz
 );
+CREATE INDEX fact_loans_customer_id_idx ON warehouse.fact_loans (customer_id);
+
+-- Summaries behind the analysts' views, kept by each ETL run from what it
+-- changed, so a dashboard reads thousands of rows instead of every fact
+-- (docs/performance.md).  Internal: analysts read them through the views.
+CREATE TABLE eds.payments_by_month (
+	month			date NOT NULL,
+	branch_code		text,
+	method_sk		smallint NOT NULL,
+	payment_count	bigint NOT NULL,
+	total_amount	numeric NOT NULL,
+	principal		numeric NOT NULL,
+	interest		numeric NOT NULL,
+	penalty			numeric NOT NULL
+);
+CREATE INDEX payments_by_month_month_idx ON eds.payments_by_month (month);
+COMMENT ON TABLE eds.payments_by_month IS 'Summary of warehouse.fact_payments per month (UTC), branch and method, kept by the ETL for the views';
+
+CREATE TABLE eds.customer_payment_totals (
+	customer_id			bigint PRIMARY KEY,
+	total_paid			numeric NOT NULL,
+	payment_count		bigint NOT NULL,
+	loan_count			bigint NOT NULL,
+	last_payment_date	timestamptz
+);
+CREATE INDEX customer_payment_totals_rank_idx ON eds.customer_payment_totals (total_paid DESC, customer_id);
+COMMENT ON TABLE eds.customer_payment_totals IS 'Payment totals per customer who has paid, from warehouse.fact_loans, kept by the ETL for vw_top_customers';
 
 -- ETL state and history.  etl_state has its one row from the first load on
 -- (no row: nothing loaded yet), so pg_dump can carry it.
@@ -805,6 +867,8 @@ SELECT pg_catalog.pg_extension_config_dump('warehouse.dim_loan_loan_sk_seq', '')
 SELECT pg_catalog.pg_extension_config_dump('eds.change_log_horizon', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.etl_state', '');
 SELECT pg_catalog.pg_extension_config_dump('warehouse.fact_loans', '');
+SELECT pg_catalog.pg_extension_config_dump('eds.payments_by_month', '');
+SELECT pg_catalog.pg_extension_config_dump('eds.customer_payment_totals', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.etl_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.etl_runs_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.etl_rejects', '');
@@ -904,6 +968,7 @@ COMMENT ON COLUMN warehouse.fact_loans.disbursed_at IS 'When the money was paid 
 COMMENT ON COLUMN warehouse.fact_loans.is_active IS 'True if the loan is being repaid (status active)';
 COMMENT ON COLUMN warehouse.fact_loans.is_defaulted IS 'True if the loan has defaulted (status defaulted)';
 COMMENT ON COLUMN warehouse.fact_loans.is_repaid IS 'True if the loan is fully repaid (status repaid)';
+COMMENT ON COLUMN warehouse.fact_loans.last_payment_date IS 'Date and time of the latest payment on the loan; empty if none';
 
 COMMENT ON TABLE staging.stg_loan_products IS 'ETL scratch: loan products extracted by the current run (emptied at the start of each run)';
 COMMENT ON TABLE staging.stg_customers IS 'ETL scratch: customers extracted by the current run, or their deletion (emptied at the start of each run)';
@@ -953,15 +1018,18 @@ COMMENT ON COLUMN audit.etl_rejects.rejected_at IS 'When the row was rejected';
 -- ---------------------------------------------------------------------------
 -- Views for analysts (Metabase)
 -- ---------------------------------------------------------------------------
+-- The views over payments read the ETL's summaries (eds.payments_by_month,
+-- eds.customer_payment_totals), not the facts: eds_reconcile() checks that
+-- the two agree.
 CREATE VIEW warehouse.vw_monthly_revenue AS
 SELECT d.year, d.month, d.month_name,
-	   sum(f.payment_amount) AS total_revenue,
-	   sum(f.principal_portion) AS principal_collected,
-	   sum(f.interest_portion) AS interest_collected,
-	   sum(f.penalty_portion) AS penalty_collected,
-	   count(*) AS payment_count
-  FROM warehouse.fact_payments f
-  JOIN warehouse.dim_date d ON d.date_sk = f.date_sk
+	   sum(s.total_amount) AS total_revenue,
+	   sum(s.principal) AS principal_collected,
+	   sum(s.interest) AS interest_collected,
+	   sum(s.penalty) AS penalty_collected,
+	   sum(s.payment_count)::bigint AS payment_count
+  FROM eds.payments_by_month s
+  JOIN warehouse.dim_date d ON d.full_date = s.month
  GROUP BY d.year, d.month, d.month_name;
 COMMENT ON VIEW warehouse.vw_monthly_revenue IS
 	'Money collected per calendar month (UTC), split into principal, interest and penalties; one row per month that has payments';
@@ -978,17 +1046,11 @@ COMMENT ON COLUMN warehouse.vw_monthly_revenue.payment_count IS 'Number of payme
 -- deleted customer is the version recording the deletion, carrying their
 -- last known name, segment and city.
 CREATE VIEW warehouse.vw_top_customers AS
-SELECT p.customer_id, c.full_name, c.segment, c.city,
-	   p.total_paid, p.payment_count, p.loan_count, p.last_payment_date
-  FROM (SELECT f.customer_id,
-			   sum(f.payment_amount) AS total_paid,
-			   count(*) AS payment_count,
-			   count(DISTINCT f.loan_id) AS loan_count,
-			   max(f.payment_date) AS last_payment_date
-		  FROM warehouse.fact_payments f
-		 GROUP BY f.customer_id) p
-  LEFT JOIN warehouse.dim_customer c ON c.customer_id = p.customer_id AND c.is_current
- ORDER BY p.total_paid DESC, p.customer_id;
+SELECT t.customer_id, c.full_name, c.segment, c.city,
+	   t.total_paid, t.payment_count, t.loan_count, t.last_payment_date
+  FROM eds.customer_payment_totals t
+  LEFT JOIN warehouse.dim_customer c ON c.customer_id = t.customer_id AND c.is_current
+ ORDER BY t.total_paid DESC, t.customer_id;
 COMMENT ON VIEW warehouse.vw_top_customers IS
 	'Customers who have paid, biggest payers first: total paid, number of payments and loans, last payment. Name, segment and city are the customer''s current ones (for a deleted customer, the last known ones)';
 COMMENT ON COLUMN warehouse.vw_top_customers.customer_id IS 'Customer number in the loan system';
@@ -1018,11 +1080,11 @@ COMMENT ON COLUMN warehouse.vw_loan_status_distribution.share_of_loans IS 'Perce
 
 CREATE VIEW warehouse.vw_payment_by_method AS
 SELECT m.method_code, m.method_name,
-	   count(*) AS payment_count,
-	   sum(f.payment_amount) AS total_amount,
-	   round(100.0 * sum(f.payment_amount) / NULLIF(sum(sum(f.payment_amount)) OVER (), 0), 2) AS share_of_amount
-  FROM warehouse.fact_payments f
-  JOIN warehouse.dim_payment_method m ON m.method_sk = f.method_sk
+	   sum(s.payment_count)::bigint AS payment_count,
+	   sum(s.total_amount) AS total_amount,
+	   round(100.0 * sum(s.total_amount) / NULLIF(sum(sum(s.total_amount)) OVER (), 0), 2) AS share_of_amount
+  FROM eds.payments_by_month s
+  JOIN warehouse.dim_payment_method m ON m.method_sk = s.method_sk
  GROUP BY m.method_code, m.method_name;
 COMMENT ON VIEW warehouse.vw_payment_by_method IS
 	'Payments by payment method (M-Pesa, bank transfer, cash, ...): how many, how much, and the share of all money received; only methods that were used';
@@ -1053,12 +1115,12 @@ COMMENT ON COLUMN warehouse.vw_portfolio_by_segment.default_rate IS 'Percentage 
 COMMENT ON COLUMN warehouse.vw_portfolio_by_segment.repaid_count IS 'Number of the segment''s loans that are fully repaid';
 
 CREATE VIEW warehouse.vw_branch_collections AS
-SELECT f.branch_code, d.year, d.month, d.month_name,
-	   sum(f.payment_amount) AS collected,
-	   count(*) AS payment_count
-  FROM warehouse.fact_payments f
-  JOIN warehouse.dim_date d ON d.date_sk = f.date_sk
- GROUP BY f.branch_code, d.year, d.month, d.month_name;
+SELECT s.branch_code, d.year, d.month, d.month_name,
+	   sum(s.total_amount) AS collected,
+	   sum(s.payment_count)::bigint AS payment_count
+  FROM eds.payments_by_month s
+  JOIN warehouse.dim_date d ON d.full_date = s.month
+ GROUP BY s.branch_code, d.year, d.month, d.month_name;
 COMMENT ON VIEW warehouse.vw_branch_collections IS
 	'Money collected per branch and calendar month (UTC); a payment counts for the branch that currently owns its loan';
 COMMENT ON COLUMN warehouse.vw_branch_collections.branch_code IS 'Branch that owns the loans, e.g. NBO-01 (empty for loans without a branch)';
@@ -1142,29 +1204,11 @@ COMMENT ON FUNCTION eds_etl_progress() IS 'The ETL run in progress, if any: phas
 CREATE VIEW audit.etl_progress AS SELECT * FROM eds_etl_progress();
 COMMENT ON VIEW audit.etl_progress IS 'The ETL run in progress: phase (connect, extract, load, finish), table and rows done so far';
 
--- Why a staged payment cannot go into the facts, or NULL when it can.
-CREATE FUNCTION eds.payment_problem(loan_id bigint, amount numeric, principal numeric, interest numeric,
-									penalty numeric, paid_at timestamptz)
-RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-	SELECT CASE
-		WHEN loan_id IS NULL OR amount IS NULL OR paid_at IS NULL
-			 OR principal IS NULL OR interest IS NULL OR penalty IS NULL
-			THEN 'a required value is missing'
-		WHEN amount <= 0 THEN 'amount is not positive'
-		WHEN least(principal, interest, penalty) < 0 THEN 'a portion is negative'
-		WHEN amount <> principal + interest + penalty
-			THEN 'principal, interest and penalty do not add up to the amount'
-		WHEN paid_at < '2018-01-01 00:00+00' OR paid_at >= '2051-01-01 00:00+00'
-			THEN 'payment date is outside the calendar (2018-2050)'
-	END;
-END;
-COMMENT ON FUNCTION eds.payment_problem(bigint, numeric, numeric, numeric, numeric, timestamptz) IS
-	'Why a staged payment cannot be loaded (NULL when it can): the ETL''s validation rules';
-
 -- Monthly partitions of fact_payments, created as the staged rows need them.
-CREATE FUNCTION eds.ensure_fact_partitions() RETURNS integer
+-- A first load creates them bare and indexes them after the insert
+-- (eds.index_fact_partitions): building an index once is about twice as
+-- fast as growing it row by row.
+CREATE FUNCTION eds.ensure_fact_partitions(with_indexes boolean DEFAULT true) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $parts$
@@ -1176,9 +1220,7 @@ BEGIN
 	FOR m IN
 		SELECT DISTINCT date_trunc('month', s.payment_date AT TIME ZONE 'UTC')::date
 		  FROM staging.stg_payments s
-		 WHERE NOT s.is_deleted
-		   AND eds.payment_problem(s.loan_id, s.amount, s.principal_portion, s.interest_portion,
-								   s.penalty_portion, s.payment_date) IS NULL
+		 WHERE NOT s.is_deleted AND s.problem IS NULL
 		 ORDER BY 1
 	LOOP
 		part := 'fact_payments_' || to_char(m, 'YYYY_MM');
@@ -1186,17 +1228,106 @@ BEGIN
 			EXECUTE format('CREATE TABLE warehouse.%I PARTITION OF warehouse.fact_payments FOR VALUES FROM (%L) TO (%L)',
 						   part, m::timestamp AT TIME ZONE 'UTC',
 						   (m + interval '1 month')::timestamp AT TIME ZONE 'UTC');
-			EXECUTE format('ALTER TABLE warehouse.%I ADD PRIMARY KEY (payment_id)', part);
-			EXECUTE format('CREATE INDEX ON warehouse.%I (customer_id)', part);
-			EXECUTE format('CREATE INDEX ON warehouse.%I (loan_id)', part);
 			created := created + 1;
 		END IF;
 	END LOOP;
+	IF with_indexes THEN
+		PERFORM eds.index_fact_partitions();
+	END IF;
 	RETURN created;
 END
 $parts$;
-COMMENT ON FUNCTION eds.ensure_fact_partitions() IS 'Creates the monthly partitions of warehouse.fact_payments that the staged payments need';
-REVOKE ALL ON FUNCTION eds.ensure_fact_partitions() FROM PUBLIC;
+COMMENT ON FUNCTION eds.ensure_fact_partitions(boolean) IS
+	'Creates the monthly partitions of warehouse.fact_payments that the staged payments need (with their key and indexes unless with_indexes is false)';
+REVOKE ALL ON FUNCTION eds.ensure_fact_partitions(boolean) FROM PUBLIC;
+
+-- Gives every fact partition that lacks them its primary key and indexes.
+CREATE FUNCTION eds.index_fact_partitions() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $index$
+DECLARE
+	part	text;
+	done	integer := 0;
+BEGIN
+	FOR part IN
+		SELECT c.relname
+		  FROM pg_inherits i
+		  JOIN pg_class c ON c.oid = i.inhrelid
+		 WHERE i.inhparent = 'warehouse.fact_payments'::regclass
+		   AND NOT EXISTS (SELECT FROM pg_index x WHERE x.indrelid = c.oid AND x.indisprimary)
+		 ORDER BY 1
+	LOOP
+		EXECUTE format('ALTER TABLE warehouse.%I ADD PRIMARY KEY (payment_id)', part);
+		EXECUTE format('CREATE INDEX ON warehouse.%I (customer_id)', part);
+		EXECUTE format('CREATE INDEX ON warehouse.%I (loan_id)', part);
+		done := done + 1;
+	END LOOP;
+	RETURN done;
+END
+$index$;
+COMMENT ON FUNCTION eds.index_fact_partitions() IS
+	'Adds the primary key and the customer_id and loan_id indexes to the fact_payments partitions that do not have them yet';
+REVOKE ALL ON FUNCTION eds.index_fact_partitions() FROM PUBLIC;
+
+-- Recomputes the monthly payment summary for payments in [from_time, to_time)
+-- (whole UTC months); one month at a time touches one partition.
+CREATE FUNCTION eds.summarize_payments(from_time timestamptz, to_time timestamptz) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	DELETE FROM eds.payments_by_month
+	 WHERE month >= (from_time AT TIME ZONE 'UTC')::date AND month < (to_time AT TIME ZONE 'UTC')::date;
+	INSERT INTO eds.payments_by_month
+		(month, branch_code, method_sk, payment_count, total_amount, principal, interest, penalty)
+	SELECT date_trunc('month', f.payment_date AT TIME ZONE 'UTC')::date, f.branch_code, f.method_sk,
+		   count(*), sum(f.payment_amount), sum(f.principal_portion), sum(f.interest_portion),
+		   sum(f.penalty_portion)
+	  FROM warehouse.fact_payments f
+	 WHERE f.payment_date >= from_time AND f.payment_date < to_time
+	 GROUP BY 1, 2, 3;
+END;
+COMMENT ON FUNCTION eds.summarize_payments(timestamptz, timestamptz) IS
+	'Recomputes eds.payments_by_month for the payments made in [from_time, to_time), whole UTC months';
+REVOKE ALL ON FUNCTION eds.summarize_payments(timestamptz, timestamptz) FROM PUBLIC;
+
+-- Recomputes the payment totals of the given customers (NULL: of everyone)
+-- from fact_loans, which already holds them per loan.
+CREATE FUNCTION eds.summarize_customers(customer_ids bigint[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $summarize$
+BEGIN
+	IF customer_ids IS NULL THEN
+		TRUNCATE eds.customer_payment_totals;
+	ELSIF cardinality(customer_ids) = 0 THEN
+		RETURN;
+	ELSE
+		DELETE FROM eds.customer_payment_totals WHERE customer_id = ANY (customer_ids);
+	END IF;
+	-- Two statements rather than one with an OR, so a run's few customers
+	-- are found through the index.
+	IF customer_ids IS NULL THEN
+		INSERT INTO eds.customer_payment_totals (customer_id, total_paid, payment_count, loan_count, last_payment_date)
+		SELECT f.customer_id, sum(f.total_paid), sum(f.payment_count), count(*) FILTER (WHERE f.payment_count > 0),
+			   max(f.last_payment_date)
+		  FROM warehouse.fact_loans f
+		 GROUP BY f.customer_id
+		HAVING sum(f.payment_count) > 0;
+	ELSE
+		INSERT INTO eds.customer_payment_totals (customer_id, total_paid, payment_count, loan_count, last_payment_date)
+		SELECT f.customer_id, sum(f.total_paid), sum(f.payment_count), count(*) FILTER (WHERE f.payment_count > 0),
+			   max(f.last_payment_date)
+		  FROM warehouse.fact_loans f
+		 WHERE f.customer_id = ANY (customer_ids)
+		 GROUP BY f.customer_id
+		HAVING sum(f.payment_count) > 0;
+	END IF;
+END
+$summarize$;
+COMMENT ON FUNCTION eds.summarize_customers(bigint[]) IS
+	'Recomputes eds.customer_payment_totals for the given customers, or for all when NULL';
+REVOKE ALL ON FUNCTION eds.summarize_customers(bigint[]) FROM PUBLIC;
 
 /*
  * The merge of one run, called by the ETL worker inside the transaction that
@@ -1217,10 +1348,17 @@ DECLARE
 	p_read bigint; p_new bigint; p_changed bigint; p_deleted bigint; p_rejected bigint;
 	f_new bigint; f_changed bigint; f_deleted bigint;
 	n bigint;
+	moved_loans bigint[];
+	versions_from timestamptz;
+	m date;
 BEGIN
 	CREATE TEMP TABLE eds_changed_customers (customer_id bigint PRIMARY KEY) ON COMMIT DROP;
 	CREATE TEMP TABLE eds_changed_loans (loan_id bigint PRIMARY KEY) ON COMMIT DROP;
-	CREATE TEMP TABLE eds_payment_delta (loan_id bigint, payment_id bigint, sign integer, amount numeric) ON COMMIT DROP;
+	CREATE TEMP TABLE eds_payment_delta (loan_id bigint, payment_id bigint, sign integer, amount numeric,
+										 paid_at timestamptz) ON COMMIT DROP;
+	-- What the view summaries must recompute: months, and customers.
+	CREATE TEMP TABLE eds_dirty_months (month date) ON COMMIT DROP;
+	CREATE TEMP TABLE eds_dirty_customers (customer_id bigint) ON COMMIT DROP;
 
 	-- The planner must know how small (or large) this run is: fresh
 	-- statistics of staging make it probe indexes for a small window
@@ -1283,6 +1421,18 @@ BEGIN
 
 	-- ---------------- dim_loan: type 1, deleted loans kept and flagged
 	SELECT count(*) INTO l_read FROM staging.stg_loans;
+
+	-- A loan moving to another branch moves its payments between the
+	-- branches of the monthly summary: every month it has payments in.
+	SELECT array_agg(s.loan_id) INTO moved_loans
+	  FROM staging.stg_loans s
+	  JOIN warehouse.dim_loan d ON d.loan_id = s.loan_id
+	 WHERE s.touched AND NOT s.is_deleted AND d.branch_code IS DISTINCT FROM s.branch_code;
+	IF moved_loans IS NOT NULL THEN
+		INSERT INTO eds_dirty_months
+		SELECT DISTINCT date_trunc('month', f.payment_date AT TIME ZONE 'UTC')::date
+		  FROM warehouse.fact_payments f WHERE f.loan_id = ANY (moved_loans);
+	END IF;
 	WITH up AS (
 		INSERT INTO warehouse.dim_loan AS d
 			(loan_id, customer_id, product_name, product_type, amount, interest_rate, tenure_months,
@@ -1325,19 +1475,15 @@ BEGIN
 	-- Rows the warehouse cannot take are rejected, with the reason.
 	INSERT INTO audit.etl_rejects (run_id, table_name, source_key, reason, row_data)
 	SELECT p_run_id, 'payments', s.payment_id,
-		   coalesce(eds.payment_problem(s.loan_id, s.amount, s.principal_portion, s.interest_portion,
-										s.penalty_portion, s.payment_date),
-					'its loan is not on the source'),
-		   to_jsonb(s) - 'is_deleted' - 'touched'
+		   coalesce(s.problem, 'its loan is not on the source'),
+		   to_jsonb(s) - 'is_deleted' - 'touched' - 'problem'
 	  FROM staging.stg_payments s
 	  LEFT JOIN warehouse.dim_loan l ON l.loan_id = s.loan_id AND NOT l.is_deleted
 	 WHERE NOT s.is_deleted
-	   AND (eds.payment_problem(s.loan_id, s.amount, s.principal_portion, s.interest_portion,
-								s.penalty_portion, s.payment_date) IS NOT NULL
-			OR l.loan_id IS NULL);
+	   AND (s.problem IS NOT NULL OR l.loan_id IS NULL);
 	GET DIAGNOSTICS p_rejected = ROW_COUNT;
 
-	PERFORM eds.ensure_fact_partitions();
+	PERFORM eds.ensure_fact_partitions(NOT p_full);
 
 	-- Remove the warehouse's old version of every payment that may have one
 	-- (updated, deleted, or seen before by the first load); remember it.
@@ -1345,9 +1491,9 @@ BEGIN
 		DELETE FROM warehouse.fact_payments f
 		 USING staging.stg_payments s
 		 WHERE (s.touched OR p_probe_all) AND f.payment_id = s.payment_id
-		RETURNING f.loan_id, f.payment_id, f.payment_amount
+		RETURNING f.loan_id, f.payment_id, f.payment_amount, f.payment_date
 	)
-	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, -1, payment_amount FROM gone;
+	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, -1, payment_amount, payment_date FROM gone;
 
 	-- Insert the current version, keyed to the customer version current at
 	-- the payment's time (version 1 also covers anything earlier).
@@ -1367,13 +1513,14 @@ BEGIN
 		   AND (c.version_no = 1 OR c.effective_from <= s.payment_date)
 		   AND s.payment_date < c.effective_to
 		  LEFT JOIN warehouse.dim_payment_method m ON m.method_code = s.payment_method
-		 WHERE NOT s.is_deleted
-		   AND eds.payment_problem(s.loan_id, s.amount, s.principal_portion, s.interest_portion,
-								   s.penalty_portion, s.payment_date) IS NULL
-		RETURNING loan_id, payment_id, payment_amount
+		 WHERE NOT s.is_deleted AND s.problem IS NULL
+		RETURNING loan_id, payment_id, payment_amount, payment_date
 	)
-	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, 1, payment_amount FROM ins WHERE NOT p_full;
-	GET DIAGNOSTICS n = ROW_COUNT;
+	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, 1, payment_amount, payment_date FROM ins WHERE NOT p_full;
+	-- A first load created its partitions bare (see ensure_fact_partitions).
+	IF p_full THEN
+		PERFORM eds.index_fact_partitions();
+	END IF;
 
 	IF p_full THEN
 		-- First load: nothing existed, every row is new; totals come from the facts below.
@@ -1388,11 +1535,17 @@ BEGIN
 				  FROM eds_payment_delta GROUP BY payment_id) x;
 	END IF;
 
-	-- A new customer version takes over the facts from its start on.
+	-- A new customer version takes over the facts from its start on: only
+	-- payments made since the earliest new version can change, so only
+	-- their partitions are searched.
+	SELECT min(d.effective_from) INTO versions_from
+	  FROM warehouse.dim_customer d JOIN eds_changed_customers x USING (customer_id)
+	 WHERE d.is_current;
 	UPDATE warehouse.fact_payments f
 	   SET customer_sk = d.customer_sk, customer_segment = d.segment
 	  FROM warehouse.dim_customer d
 	 WHERE d.customer_id IN (SELECT customer_id FROM eds_changed_customers)
+	   AND f.payment_date >= versions_from
 	   AND f.customer_id = d.customer_id
 	   AND (d.version_no = 1 OR d.effective_from <= f.payment_date) AND f.payment_date < d.effective_to
 	   AND (f.customer_sk, f.customer_segment) IS DISTINCT FROM (d.customer_sk, d.segment);
@@ -1416,6 +1569,21 @@ BEGIN
 	   AND (f.loan_status, f.branch_code) IS DISTINCT FROM (l.status, l.branch_code);
 
 	-- ---------------- fact_loans: one row per loan; payment totals by delta
+	-- The customers whose totals change: each staged loan's old and new
+	-- borrower, and the borrower of a loan that lost a payment (a deleted
+	-- payment does not stage its loan).
+	IF NOT p_full THEN
+		INSERT INTO eds_dirty_customers
+		SELECT f.customer_id FROM warehouse.fact_loans f JOIN staging.stg_loans s USING (loan_id)
+		UNION
+		SELECT s.customer_id FROM staging.stg_loans s WHERE s.customer_id IS NOT NULL
+		UNION
+		SELECT f.customer_id FROM warehouse.fact_loans f
+		 WHERE f.loan_id IN (SELECT loan_id FROM eds_payment_delta);
+		INSERT INTO eds_dirty_months
+		SELECT DISTINCT date_trunc('month', paid_at AT TIME ZONE 'UTC')::date FROM eds_payment_delta;
+	END IF;
+
 	WITH up AS (
 		INSERT INTO warehouse.fact_loans AS f
 			(loan_id, loan_sk, customer_sk, customer_id, principal_amount, outstanding_balance,
@@ -1458,16 +1626,36 @@ BEGIN
 
 	IF p_full THEN
 		UPDATE warehouse.fact_loans f
-		   SET total_paid = d.amount, payment_count = d.payments
-		  FROM (SELECT loan_id, sum(payment_amount) AS amount, count(*) AS payments
+		   SET total_paid = d.amount, payment_count = d.payments, last_payment_date = d.last_paid
+		  FROM (SELECT loan_id, sum(payment_amount) AS amount, count(*) AS payments,
+					   max(payment_date) AS last_paid
 				  FROM warehouse.fact_payments GROUP BY loan_id) d
 		 WHERE f.loan_id = d.loan_id;
 	ELSE
+		-- The latest payment only moves forward, unless one was removed or
+		-- replaced: then it is looked up again.
 		UPDATE warehouse.fact_loans f
-		   SET total_paid = f.total_paid + d.amount, payment_count = f.payment_count + d.payments
-		  FROM (SELECT loan_id, sum(sign * amount) AS amount, sum(sign) AS payments
+		   SET total_paid = f.total_paid + d.amount, payment_count = f.payment_count + d.payments,
+			   last_payment_date = CASE WHEN d.removed
+										THEN (SELECT max(p.payment_date) FROM warehouse.fact_payments p
+											   WHERE p.loan_id = f.loan_id)
+										ELSE greatest(f.last_payment_date, d.last_added) END
+		  FROM (SELECT loan_id, sum(sign * amount) AS amount, sum(sign) AS payments,
+					   bool_or(sign < 0) AS removed, max(paid_at) FILTER (WHERE sign > 0) AS last_added
 				  FROM eds_payment_delta GROUP BY loan_id) d
-		 WHERE f.loan_id = d.loan_id AND (d.amount <> 0 OR d.payments <> 0);
+		 WHERE f.loan_id = d.loan_id;
+	END IF;
+
+	-- ---------------- the summaries behind the views
+	IF p_full THEN
+		PERFORM eds.summarize_payments('-infinity', 'infinity');
+		PERFORM eds.summarize_customers(NULL);
+	ELSE
+		FOR m IN SELECT DISTINCT month FROM eds_dirty_months ORDER BY 1 LOOP
+			PERFORM eds.summarize_payments(m::timestamp AT TIME ZONE 'UTC',
+										   (m + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+		END LOOP;
+		PERFORM eds.summarize_customers(ARRAY(SELECT DISTINCT customer_id FROM eds_dirty_customers));
 	END IF;
 
 	-- Lag samples: append-only on the source; overlap is absorbed here.
@@ -1578,6 +1766,10 @@ AS $src$
 	SELECT 'fact_loans totals', 'loans whose total_paid or payment_count disagree with fact_payments', 0
 	UNION ALL
 	SELECT 'fact_payments customers', 'payments keyed to another customer than their loan''s', 0
+	UNION ALL
+	SELECT 'view summaries', 'months, branches and methods whose summary disagrees with fact_payments', 0
+	UNION ALL
+	SELECT 'view summaries', 'customers whose totals disagree with fact_loans', 0
 $src$;
 COMMENT ON FUNCTION eds.reconcile_source_figures() IS 'Figures eds_reconcile() compares, computed on the source';
 GRANT USAGE ON SCHEMA eds TO etl_reader;
@@ -1619,9 +1811,33 @@ AS $wh$
 	-- fact_loans keeps its payment totals by delta: check them against the facts
 	SELECT 'fact_loans totals', 'loans whose total_paid or payment_count disagree with fact_payments', count(*)
 	  FROM warehouse.fact_loans f
-	  LEFT JOIN (SELECT loan_id, sum(payment_amount) AS paid, count(*) AS n
+	  LEFT JOIN (SELECT loan_id, sum(payment_amount) AS paid, count(*) AS n, max(payment_date) AS last_paid
 				   FROM warehouse.fact_payments GROUP BY loan_id) p USING (loan_id)
 	 WHERE f.total_paid <> coalesce(p.paid, 0) OR f.payment_count <> coalesce(p.n, 0)
+		OR f.last_payment_date IS DISTINCT FROM p.last_paid
+	UNION ALL
+	-- The views read summaries the ETL keeps: check them against the facts
+	SELECT 'view summaries', 'months, branches and methods whose summary disagrees with fact_payments', count(*)
+	  FROM (SELECT month, branch_code, method_sk, payment_count, total_amount, principal, interest, penalty
+			  FROM eds.payments_by_month) s
+	  FULL JOIN (SELECT date_trunc('month', payment_date AT TIME ZONE 'UTC')::date AS month, branch_code,
+						method_sk, count(*) AS payment_count, sum(payment_amount) AS total_amount,
+						sum(principal_portion) AS principal, sum(interest_portion) AS interest,
+						sum(penalty_portion) AS penalty
+				   FROM warehouse.fact_payments GROUP BY 1, 2, 3) f
+		ON f.month = s.month AND f.branch_code IS NOT DISTINCT FROM s.branch_code AND f.method_sk = s.method_sk
+	 WHERE (s.payment_count, s.total_amount, s.principal, s.interest, s.penalty)
+		   IS DISTINCT FROM (f.payment_count, f.total_amount, f.principal, f.interest, f.penalty)
+	UNION ALL
+	SELECT 'view summaries', 'customers whose totals disagree with fact_loans', count(*)
+	  FROM eds.customer_payment_totals t
+	  FULL JOIN (SELECT customer_id, sum(total_paid) AS total_paid, sum(payment_count) AS payment_count,
+						count(*) FILTER (WHERE payment_count > 0) AS loan_count,
+						max(last_payment_date) AS last_payment_date
+				   FROM warehouse.fact_loans GROUP BY customer_id HAVING sum(payment_count) > 0) f
+		USING (customer_id)
+	 WHERE (t.total_paid, t.payment_count, t.loan_count, t.last_payment_date)
+		   IS DISTINCT FROM (f.total_paid, f.payment_count, f.loan_count, f.last_payment_date)
 $wh$;
 COMMENT ON FUNCTION eds.reconcile_warehouse_figures() IS 'Figures eds_reconcile() compares, computed on the warehouse';
 REVOKE ALL ON FUNCTION eds.reconcile_warehouse_figures() FROM PUBLIC;

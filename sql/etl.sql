@@ -174,4 +174,4 @@ DROP SERVER eds_source CASCADE;
 TRUNCATE warehouse.fact_payments, warehouse.fact_loans, warehouse.dim_loan, warehouse.dim_customer,
 	audit.etl_state, audit.etl_runs, audit.etl_rejects, eds.etl_consumers, eds.change_log,
 	eds.change_log_horizon, operational.payments, operational.loans, operational.customers,
-	operational.loan_products, operational.audit_log;
+	operational.loan_products, operational.audit_log, eds.payments_by_month, eds.customer_payment_totals;
