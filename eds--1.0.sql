@@ -1587,13 +1587,21 @@ BEGIN
 	WITH up AS (
 		INSERT INTO warehouse.fact_loans AS f
 			(loan_id, loan_sk, customer_sk, customer_id, principal_amount, outstanding_balance,
-			 loan_status, customer_segment, branch_code, disbursed_at, is_active, is_defaulted, is_repaid)
+			 loan_status, customer_segment, branch_code, disbursed_at, is_active, is_defaulted, is_repaid,
+			 total_paid, payment_count, last_payment_date)
 		SELECT l.loan_id, l.loan_sk, c.customer_sk, l.customer_id, l.amount, s.outstanding_balance,
 			   l.status, c.segment, l.branch_code, l.disbursed_at,
-			   l.status = 'active', l.status = 'defaulted', l.status = 'repaid'
+			   l.status = 'active', l.status = 'defaulted', l.status = 'repaid',
+			   coalesce(t.paid, 0), coalesce(t.payments, 0), t.last_paid
 		  FROM staging.stg_loans s
 		  JOIN warehouse.dim_loan l USING (loan_id)
 		  JOIN warehouse.dim_customer c ON c.customer_id = l.customer_id AND c.is_current
+		  -- A first load takes the totals from the facts it just loaded (a
+		  -- later run adds its delta below).
+		  LEFT JOIN (SELECT p.loan_id, sum(p.payment_amount) AS paid, count(*) AS payments,
+							max(p.payment_date) AS last_paid
+					   FROM warehouse.fact_payments p WHERE p_full GROUP BY p.loan_id) t
+			ON t.loan_id = s.loan_id
 		 WHERE NOT s.is_deleted
 		ON CONFLICT (loan_id) DO UPDATE
 		   SET loan_sk = excluded.loan_sk, customer_sk = excluded.customer_sk,
@@ -1624,14 +1632,7 @@ BEGIN
 	 WHERE s.is_deleted AND f.loan_id = s.loan_id;
 	GET DIAGNOSTICS f_deleted = ROW_COUNT;
 
-	IF p_full THEN
-		UPDATE warehouse.fact_loans f
-		   SET total_paid = d.amount, payment_count = d.payments, last_payment_date = d.last_paid
-		  FROM (SELECT loan_id, sum(payment_amount) AS amount, count(*) AS payments,
-					   max(payment_date) AS last_paid
-				  FROM warehouse.fact_payments GROUP BY loan_id) d
-		 WHERE f.loan_id = d.loan_id;
-	ELSE
+	IF NOT p_full THEN
 		-- The latest payment only moves forward, unless one was removed or
 		-- replaced: then it is looked up again.
 		UPDATE warehouse.fact_loans f
@@ -1662,9 +1663,13 @@ BEGIN
 	INSERT INTO warehouse.replication_lag_history SELECT * FROM staging.stg_lag_history
 	ON CONFLICT (sample_id) DO NOTHING;
 
-	-- After a first load the tables grew from nothing: plan later runs on real sizes.
+	-- After a first load the tables grew from nothing: plan later runs on
+	-- real sizes.  The dimensions were analyzed before the facts went in; the
+	-- fact partitions got their sizes from their index builds, and
+	-- autovacuum's analyze follows (a full ANALYZE here would read them all
+	-- again).
 	IF p_full THEN
-		ANALYZE warehouse.dim_customer, warehouse.dim_loan, warehouse.fact_payments, warehouse.fact_loans;
+		ANALYZE warehouse.fact_loans;
 	END IF;
 
 	RETURN jsonb_build_object(
