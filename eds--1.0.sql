@@ -779,7 +779,7 @@ CREATE TABLE warehouse.fact_loans (
 	is_defaulted		boolean NOT NULL,
 	is_repaid			boolean NOT NULL,
 	last_payment_date	timestamptz
-);
+) WITH (fillfactor = 80);	-- every run updates rows in place: room for HOT updates
 CREATE INDEX fact_loans_customer_id_idx ON warehouse.fact_loans (customer_id);
 
 -- Summaries behind the analysts' views, kept by each ETL run from what it
@@ -1350,6 +1350,8 @@ DECLARE
 	n bigint;
 	moved_loans bigint[];
 	versions_from timestamptz;
+	probe_from timestamptz;
+	probe_to timestamptz;
 	m date;
 BEGIN
 	CREATE TEMP TABLE eds_changed_customers (customer_id bigint PRIMARY KEY) ON COMMIT DROP;
@@ -1490,10 +1492,25 @@ BEGIN
 	WITH gone AS (
 		DELETE FROM warehouse.fact_payments f
 		 USING staging.stg_payments s
-		 WHERE (s.touched OR p_probe_all) AND f.payment_id = s.payment_id
+		 WHERE s.touched AND f.payment_id = s.payment_id
 		RETURNING f.loan_id, f.payment_id, f.payment_amount, f.payment_date
 	)
 	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, -1, payment_amount, payment_date FROM gone;
+	-- After a first load, a payment only inserted in this window may be in
+	-- the facts already, as this same version: so in the partition of its
+	-- own date, and only the partitions of the window's dates are searched.
+	IF p_probe_all THEN
+		SELECT min(s.payment_date), max(s.payment_date) INTO probe_from, probe_to
+		  FROM staging.stg_payments s WHERE NOT s.touched AND NOT s.is_deleted;
+		WITH gone AS (
+			DELETE FROM warehouse.fact_payments f
+			 USING staging.stg_payments s
+			 WHERE NOT s.touched AND f.payment_id = s.payment_id AND f.payment_date = s.payment_date
+			   AND f.payment_date >= probe_from AND f.payment_date <= probe_to
+			RETURNING f.loan_id, f.payment_id, f.payment_amount, f.payment_date
+		)
+		INSERT INTO eds_payment_delta SELECT loan_id, payment_id, -1, payment_amount, payment_date FROM gone;
+	END IF;
 
 	-- Insert the current version, keyed to the customer version current at
 	-- the payment's time (version 1 also covers anything earlier).
@@ -1633,16 +1650,21 @@ BEGIN
 	GET DIAGNOSTICS f_deleted = ROW_COUNT;
 
 	IF NOT p_full THEN
-		-- The latest payment only moves forward, unless one was removed or
-		-- replaced: then it is looked up again.
+		-- The latest payment only moves forward, unless the latest one was
+		-- removed and nothing as late came in: then it is looked up again.
+		-- (A payment deleted and inserted again unchanged, as the run after a
+		-- first load does, needs no lookup.)
 		UPDATE warehouse.fact_loans f
 		   SET total_paid = f.total_paid + d.amount, payment_count = f.payment_count + d.payments,
-			   last_payment_date = CASE WHEN d.removed
-										THEN (SELECT max(p.payment_date) FROM warehouse.fact_payments p
-											   WHERE p.loan_id = f.loan_id)
-										ELSE greatest(f.last_payment_date, d.last_added) END
+			   last_payment_date =
+				   CASE WHEN d.last_removed >= f.last_payment_date
+							 AND d.last_removed > coalesce(d.last_added, '-infinity')
+						THEN (SELECT max(p.payment_date) FROM warehouse.fact_payments p
+							   WHERE p.loan_id = f.loan_id)
+						ELSE greatest(f.last_payment_date, d.last_added) END
 		  FROM (SELECT loan_id, sum(sign * amount) AS amount, sum(sign) AS payments,
-					   bool_or(sign < 0) AS removed, max(paid_at) FILTER (WHERE sign > 0) AS last_added
+					   max(paid_at) FILTER (WHERE sign < 0) AS last_removed,
+					   max(paid_at) FILTER (WHERE sign > 0) AS last_added
 				  FROM eds_payment_delta GROUP BY loan_id) d
 		 WHERE f.loan_id = d.loan_id;
 	END IF;

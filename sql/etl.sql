@@ -1,6 +1,21 @@
 -- The ETL end to end on one server: this database is both the source
 -- (operational.*) and the warehouse (warehouse.*), as eds allows.
 
+-- eds_run_etl() returns once its run has committed; the worker then tells
+-- the source (which purges its change log) and prunes old history.  Checks
+-- of that housekeeping wait for the worker to end first.
+CREATE FUNCTION pg_temp.wait_for_housekeeping() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	FOR i IN 1..400 LOOP
+		IF NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'eds etl') THEN
+			RETURN true;
+		END IF;
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+	RETURN false;
+END
+$$;
+
 -- Nothing declared yet: a clear error, and the failure is recorded.
 SELECT status FROM eds_run_etl();
 SELECT run_id, status, error_message FROM audit.etl_runs ORDER BY run_id;
@@ -143,12 +158,14 @@ SELECT pg_advisory_unlock(6579315, 1);
 INSERT INTO audit.etl_runs (status, run_started_at, run_finished_at, note)
 VALUES ('success', now() - interval '100 days', now() - interval '100 days', 'old run');
 SELECT status FROM eds_run_etl();
+SELECT pg_temp.wait_for_housekeeping();
 SELECT count(*) AS old_runs_left FROM audit.etl_runs WHERE note = 'old run';
 
 -- Nothing is running now.
 SELECT count(*) AS in_progress FROM audit.etl_progress;
 
 -- The source knows who extracted, up to where, and purged its change log.
+SELECT pg_temp.wait_for_housekeeping();
 SELECT extracted_by, last_run_id IS NOT NULL AS has_run, watermark = (SELECT watermark FROM audit.etl_state) AS same_watermark
   FROM eds.etl_consumers;
 SELECT count(*) AS change_log_left FROM eds.change_log;

@@ -46,6 +46,8 @@ extern void eds_progress_start(int64 run_id);
 extern void eds_progress_phase(const char *phase, const char *table);
 extern void eds_progress_rows(int64 rows);
 extern void eds_progress_end(void);
+extern void eds_progress_committed(int64 token);
+extern bool eds_progress_is_committed(int64 token);
 
 /* etl.c: one run, inside the worker */
 extern int	eds_etl_run_retention;

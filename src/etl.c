@@ -34,6 +34,10 @@
 #include "nodes/makefuncs.h"
 #include "parser/parse_relation.h"
 #include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -585,10 +589,30 @@ eds_etl_run(int64 token)
 	}
 	PG_END_TRY();
 
+	/*
+	 * The result is committed: free the run lock and let the caller return.
+	 * What follows is housekeeping (telling the source, which then purges
+	 * its change log; pruning old history) that no caller needs to wait for,
+	 * and that a next run may overlap safely.
+	 */
+	etl_begin();
+	etl_sql("SELECT pg_advisory_unlock(" CppAsString2(ETL_LOCK_KEY1) ", "
+			CppAsString2(ETL_LOCK_KEY2) ")::text", 0, NULL);
+	etl_commit();
+	eds_progress_end();
+	eds_progress_committed(token);
+	if (MyBgworkerEntry && MyBgworkerEntry->bgw_notify_pid != 0)
+	{
+		PGPROC	   *caller = BackendPidGetProc(MyBgworkerEntry->bgw_notify_pid);
+
+		if (caller)
+			SetLatch(&caller->procLatch);
+	}
+	pgstat_report_activity(STATE_RUNNING, psprintf("eds ETL run %s: housekeeping", run_id_text));
+
 	if (source_is_primary)
 		etl_acknowledge(run_id_text);
 	eds_remote_disconnect();
 	etl_prune_history();
-	eds_progress_end();
 	pgstat_report_activity(STATE_IDLE, NULL);
 }

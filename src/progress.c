@@ -35,6 +35,7 @@ typedef struct EdsProgress
 	int64		rows_done;
 	TimestampTz phase_started;
 	TimestampTz run_started;
+	int64		committed_token;	/* the last run whose result is committed */
 } EdsProgress;
 
 static EdsProgress *progress = NULL;
@@ -125,6 +126,33 @@ eds_progress_end(void)
 	if (progress->pid == MyProcPid)
 		progress->pid = 0;
 	SpinLockRelease(&progress->mutex);
+}
+
+/*
+ * The run asked for with this token has committed its result: its caller
+ * may return while the worker finishes its housekeeping.
+ */
+void
+eds_progress_committed(int64 token)
+{
+	if (!progress)
+		return;
+	SpinLockAcquire(&progress->mutex);
+	progress->committed_token = token;
+	SpinLockRelease(&progress->mutex);
+}
+
+bool
+eds_progress_is_committed(int64 token)
+{
+	bool		committed;
+
+	if (!progress)
+		return false;
+	SpinLockAcquire(&progress->mutex);
+	committed = (progress->committed_token == token);
+	SpinLockRelease(&progress->mutex);
+	return committed;
 }
 
 Datum

@@ -24,6 +24,8 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "storage/latch.h"
+#include "utils/wait_event.h"
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -121,8 +123,18 @@ eds_run_etl(PG_FUNCTION_ARGS)
 	/* Our cancel stops the worker too, which then records the failure. */
 	PG_TRY();
 	{
-		if (status == BGWH_STARTED)
-			status = WaitForBackgroundWorkerShutdown(handle);
+		/*
+		 * Wait until the run's result is committed (the worker then goes on
+		 * with housekeeping we need not wait for) or the worker has ended.
+		 */
+		while (status == BGWH_STARTED && !eds_progress_is_committed(token))
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 100L, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+			status = GetBackgroundWorkerPid(handle, &pid);
+		}
 	}
 	PG_CATCH();
 	{
