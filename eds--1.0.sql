@@ -1337,10 +1337,14 @@ REVOKE ALL ON FUNCTION eds.summarize_customers(bigint[]) FROM PUBLIC;
  * idempotent per key, so a key seen twice (by the first load and by the
  * window after it) ends in the same state.
  */
-CREATE FUNCTION eds.load_staged(p_run_id bigint, p_source_time timestamptz, p_probe_all boolean, p_full boolean)
+CREATE FUNCTION eds.load_staged(p_run_id bigint, p_source_time timestamptz, p_probe_all boolean, p_full boolean,
+								p_payments_read bigint)
 RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- Just-in-time compilation costs more than it saves on these statements
+-- (measured: 0.66 s of a 1.9 s run at 1M payments).
+SET jit = off
 AS $load$
 DECLARE
 	c_read bigint; c_new bigint; c_changed bigint; c_type1 bigint; c_deleted bigint;
@@ -1468,7 +1472,7 @@ BEGIN
 	GET DIAGNOSTICS l_deleted = ROW_COUNT;
 
 	-- ---------------- fact_payments
-	SELECT count(*) INTO p_read FROM staging.stg_payments;
+	p_read := p_payments_read;	-- as COPY counted them: counting again is a scan
 	IF p_full THEN
 		-- The dimensions grew from nothing: the fact insert must join them by hash.
 		ANALYZE warehouse.dim_customer, warehouse.dim_loan;
@@ -1703,9 +1707,9 @@ BEGIN
 		'fact_loans', jsonb_build_object('inserted', f_new, 'updated', f_changed, 'deleted', f_deleted));
 END
 $load$;
-COMMENT ON FUNCTION eds.load_staged(bigint, timestamptz, boolean, boolean) IS
+COMMENT ON FUNCTION eds.load_staged(bigint, timestamptz, boolean, boolean, bigint) IS
 	'Merges the staged rows of one ETL run into the star schema (called by the ETL worker)';
-REVOKE ALL ON FUNCTION eds.load_staged(bigint, timestamptz, boolean, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION eds.load_staged(bigint, timestamptz, boolean, boolean, bigint) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------
 -- Scheduling with pg_cron

@@ -405,8 +405,13 @@ etl_load(int64 run_id, const char *run_id_text)
 							  "\"fact_loans\": {\"inserted\": 0, \"updated\": 0, \"deleted\": 0}}");
 		}
 		else
-			counts = etl_sql("SELECT eds.load_staged($1::bigint, $2::timestamptz, $3::boolean, $4::boolean)::text",
-							 4, args);
+		{
+			char	   *payments_read = psprintf(INT64_FORMAT, rows[3]);
+			const char *load_args[5] = {args[0], args[1], args[2], args[3], payments_read};
+
+			counts = etl_sql("SELECT eds.load_staged($1::bigint, $2::timestamptz, $3::boolean, $4::boolean, "
+							 "$5::bigint)::text", 5, load_args);
+		}
 	}
 	ms_load = etl_ms_since(t);
 
