@@ -18,7 +18,9 @@
  *	  in a fresh transaction after the abort, so no rollback erases it.
  *	- A session advisory lock makes runs one at a time; a second one
  *	  records 'skipped'.  Runs found 'running' under the lock were
- *	  interrupted by a crash and are marked failed.
+ *	  interrupted by a crash and are marked failed.  The lock is freed at
+ *	  the commit: the acknowledgement to the source and history pruning
+ *	  that follow may overlap the next run.
  *
  *-------------------------------------------------------------------------
  */

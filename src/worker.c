@@ -1,13 +1,16 @@
 /*-------------------------------------------------------------------------
  *
  * worker.c
- *		eds_run_etl(): start the ETL background worker and wait for it.
+ *		eds_run_etl(): start the ETL background worker and wait for its run.
  *
  * The run happens in a dynamic background worker so that it owns its
  * transactions: it commits the 'running' row, the load, and (after an
  * abort) the failure, none of which a function inside the caller's
- * transaction could do.  The caller waits; if the caller is cancelled it
- * cancels the worker (SIGINT), which then records the run as failed.  The
+ * transaction could do.  The caller waits until the run has committed (the
+ * worker says so in shared memory and sets the caller's latch) or the
+ * worker has ended; the worker's housekeeping after the commit goes on
+ * without the caller.  If the caller is cancelled it cancels the worker
+ * (SIGINT), which then records the run as failed.  The
  * worker connects to the caller's database as the caller's role, so the
  * user mapping used is the caller's.
  *
@@ -24,12 +27,12 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
-#include "storage/latch.h"
-#include "utils/wait_event.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/wait_event.h"
 
 #include "eds.h"
 
