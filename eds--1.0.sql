@@ -1685,10 +1685,6 @@ BEGIN
 		PERFORM eds.summarize_customers(ARRAY(SELECT DISTINCT customer_id FROM eds_dirty_customers));
 	END IF;
 
-	-- Lag samples: append-only on the source; overlap is absorbed here.
-	INSERT INTO warehouse.replication_lag_history SELECT * FROM staging.stg_lag_history
-	ON CONFLICT (sample_id) DO NOTHING;
-
 	-- After a first load the tables grew from nothing: plan later runs on
 	-- real sizes.  The dimensions were analyzed before the facts went in; the
 	-- fact partitions got their sizes from their index builds, and

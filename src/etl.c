@@ -392,15 +392,13 @@ etl_load(int64 run_id, const char *run_id_text)
 		watermark ? "false" : "true"};
 
 		/*
-		 * An incremental run that staged no change has nothing to merge but
-		 * lag samples: the merge's fixed cost (temporary tables, ANALYZE, a
-		 * dozen statements) would be most of a no-change run.
+		 * An incremental run that staged no change has nothing to merge: the
+		 * merge's fixed cost (temporary tables, ANALYZE, a dozen statements)
+		 * would be most of a no-change run.
 		 */
 		merged = !(watermark && rows[1] + rows[2] + rows[3] == 0);
 		if (!merged)
 		{
-			SPI_execute("INSERT INTO warehouse.replication_lag_history SELECT * FROM staging.stg_lag_history "
-						"ON CONFLICT (sample_id) DO NOTHING", false, 0);
 			counts = psprintf("{\"customers\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"new_versions\": 0, \"deleted\": 0}, "
 							  "\"loans\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"deleted\": 0}, "
 							  "\"payments\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"deleted\": 0, \"rejected\": 0}, "
@@ -414,6 +412,10 @@ etl_load(int64 run_id, const char *run_id_text)
 			counts = etl_sql("SELECT eds.load_staged($1::bigint, $2::timestamptz, $3::boolean, $4::boolean, "
 							 "$5::bigint)::text", 5, load_args);
 		}
+
+		/* Lag samples: append-only on the source; overlap is absorbed here. */
+		SPI_execute("INSERT INTO warehouse.replication_lag_history SELECT * FROM staging.stg_lag_history "
+					"ON CONFLICT (sample_id) DO NOTHING", false, 0);
 	}
 	ms_load = etl_ms_since(t);
 
