@@ -5,7 +5,12 @@ EXTVERSION   = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" eds.co
 MODULE_big   = eds
 OBJS         = src/eds.o src/util.o src/audit.o src/row_jsonb.o src/updated_at.o src/drop_guard.o src/capture.o \
                src/remote.o src/etl.o src/worker.o src/progress.o src/source.o src/reconcile.o src/lagworker.o
-DATA         = eds--1.0.sql
+DATA         = eds--1.0.sql eds--1.0--1.1.sql
+# The install script of the current version is the released 1.0 script
+# followed by the upgrade scripts, so a fresh install and an upgraded
+# database are built by the same statements (docs/architecture.md).
+DATA_built   = eds--1.1.sql
+EXTRA_CLEAN  = eds--1.1.sql
 PGFILEDESC   = "eds - loan platform audit, ETL and replication health"
 
 # Tests: pg_regress per topic, isolation specs, TAP. Every suite needs eds and
@@ -24,6 +29,11 @@ PG_CFLAGS    = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initialize
 SHLIB_LINK_INTERNAL = $(libpq)
 
 include $(PGXS)
+
+eds--1.1.sql: eds--1.0.sql eds--1.0--1.1.sql
+	{ echo '/* eds--1.1.sql: install script of eds 1.1, built by make from eds--1.0.sql and eds--1.0--1.1.sql; do not edit */'; \
+	  sed -e '1d' eds--1.0.sql; \
+	  sed -e '1,/^\\echo /d' eds--1.0--1.1.sql; } > $@
 
 # ---- project commands (the README's two commands) -------------------------
 .PHONY: demo test bench bootstrap dist

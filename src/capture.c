@@ -11,6 +11,9 @@
  * never needs the row images and stays small.  A primary-key update is
  * recorded as a delete of the old key and an insert of the new one.
  *
+ * AFTER TRUNCATE ... FOR EACH STATEMENT records op 'T' (key 0): a truncate
+ * fires no row triggers, so the run that reads it reloads the whole table.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -93,20 +96,28 @@ eds_capture_change(PG_FUNCTION_ARGS)
 	AttrNumber	keyattnum;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
 		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
-		TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) == TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("eds_capture_change() must be fired AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW"),
-				 errhint("Create it with CREATE TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW.")));
+				 errmsg("eds_capture_change() must be fired AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW "
+						"or AFTER TRUNCATE ... FOR EACH STATEMENT"),
+				 errhint("Create it with CREATE TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW, "
+						 "and a second one AFTER TRUNCATE ... FOR EACH STATEMENT.")));
 
 	rel = trigdata->tg_relation;
-	keyattnum = capture_key_attnum(rel);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
+	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+	{
+		capture_record(rel, 'T', 0);
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
+
+	keyattnum = capture_key_attnum(rel);
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		capture_record(rel, 'I', capture_key(rel, keyattnum, trigdata->tg_trigtuple));
 	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))

@@ -16,6 +16,9 @@
 
 #include "compat.h"
 
+/* The version of the SQL objects this library serves (eds.control). */
+#define EDS_VERSION "1.1"
+
 /* settings (eds.c) */
 extern char *eds_actor;
 extern bool eds_allow_drop_with_data;

@@ -16,6 +16,10 @@
  *	  leaves the previous state, and the next run redoes the same window.
  *	- The run row is committed as 'running' first and a failure is written
  *	  in a fresh transaction after the abort, so no rollback erases it.
+ *	- The merge decides from state: each staged key's warehouse rows are
+ *	  made to match its row as of S (or removed), whatever they were, so a
+ *	  key read by several runs ends the same.  A TRUNCATE in the window, or
+ *	  a requested resync, makes the run read every source row instead.
  *	- A session advisory lock makes runs one at a time; a second one
  *	  records 'skipped'.  Runs found 'running' under the lock were
  *	  interrupted by a crash and are marked failed.  The lock is freed at
@@ -63,6 +67,9 @@ typedef struct SourcePoint
 	char	   *purged_upto;	/* NULL: nothing purged */
 	char	   *lag;			/* replica: age of the replayed heartbeat */
 	double		lag_seconds;
+	char	   *source_id;		/* system identifier / database name */
+	char	   *held_by;		/* the open transaction at the horizon, or NULL */
+	bool		changes_waiting;	/* committed changes beyond the horizon */
 } SourcePoint;
 
 int			eds_max_source_lag = 0;	/* seconds, eds.max_source_lag; 0: no limit */
@@ -186,7 +193,7 @@ static const char *const payment_cols[] = {
  * The bounds are literals so the planner can use the txid index.
  */
 static void
-etl_extract(const char *from, const char *to, int64 *rows)
+etl_extract(const char *from, const char *to, bool everything, int64 *rows)
 {
 	char	   *window;
 	char	   *changed;
@@ -205,15 +212,15 @@ etl_extract(const char *from, const char *to, int64 *rows)
 
 	rows[0] = etl_copy_into("stg_loan_products", product_cols,
 							"SELECT product_id, product_name, product_type FROM operational.loan_products");
-	if (from == NULL)
+	if (everything)
 	{
-		/* First load: everything in the snapshot. */
+		/* First load or resync: every row in the snapshot. */
 		rows[1] = etl_copy_into("stg_customers", customer_cols,
-								"SELECT c.customer_id, " CUSTOMER_SELECT ", false, false FROM operational.customers c");
+								"SELECT c.customer_id, " CUSTOMER_SELECT ", false, true FROM operational.customers c");
 		rows[2] = etl_copy_into("stg_loans", loan_cols,
-								"SELECT l.loan_id, " LOAN_SELECT ", false, false FROM operational.loans l");
+								"SELECT l.loan_id, " LOAN_SELECT ", false, true FROM operational.loans l");
 		rows[3] = etl_copy_into("stg_payments", payment_cols,
-								"SELECT p.payment_id, " PAYMENT_SELECT ", false, false FROM operational.payments p");
+								"SELECT p.payment_id, " PAYMENT_SELECT ", false, true FROM operational.payments p");
 		return;
 	}
 
@@ -247,11 +254,34 @@ etl_extract(const char *from, const char *to, int64 *rows)
 		"FROM k LEFT JOIN operational.payments p ON p.payment_id = k.pk", window));
 }
 
+/*
+ * The oldest transaction still open at the snapshot ends the window (its id
+ * is the horizon): name it, so a window that stops moving explains itself.
+ * backend_xid and the prepared transactions are visible to any role; the
+ * session's state and start only to the privileged, so they may be missing.
+ * On a replica the primary's sessions are not visible: nothing is named.
+ */
+#define WINDOW_HOLDER_SQL \
+	"SELECT coalesce(" \
+	"(SELECT format('prepared transaction %L (xid %s) of %s in database %s, prepared at %s', " \
+	"   gid, transaction, owner, database, date_trunc('second', prepared)) " \
+	"   FROM pg_catalog.pg_prepared_xacts " \
+	"  WHERE transaction::text::bigint = (pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint % 4294967296) " \
+	"  LIMIT 1), " \
+	"(SELECT format('session pid %s (xid %s) of %s in database %s%s%s', pid, backend_xid, " \
+	"   coalesce(usename, '?'), coalesce(datname, '?'), ', ' || state, " \
+	"   ', transaction started at ' || date_trunc('second', xact_start)) " \
+	"   FROM pg_catalog.pg_stat_activity " \
+	"  WHERE backend_xid::text::bigint = (pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint % 4294967296) " \
+	"  LIMIT 1)), " \
+	"EXISTS (SELECT FROM eds.change_log WHERE txid >= pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()))"
+
 /* Open the snapshot on the source and read where it stands. */
 static void
 etl_open_snapshot(SourcePoint *sp)
 {
 	PGresult   *res;
+	char	   *version;
 
 	res = eds_remote_exec("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eds'",
 						  PGRES_TUPLES_OK, "checking the eds extension");
@@ -265,7 +295,22 @@ etl_open_snapshot(SourcePoint *sp)
 				 errdetail("eds reads the source's change log, which CREATE EXTENSION eds installs."),
 				 errhint("Run CREATE EXTENSION eds in the source database (on the primary).")));
 	}
+	version = pstrdup(PQgetvalue(res, 0, 0));
 	PQclear(res);
+
+	/*
+	 * A 1.0 source does not record TRUNCATE, so this warehouse could not see
+	 * one: refuse it rather than load silently wrong.
+	 */
+	if (strcmp(version, "1.0") == 0)
+	{
+		eds_remote_disconnect();
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the ETL source has eds %s, this warehouse needs %s", version, EDS_VERSION),
+				 errdetail("eds 1.0 on the source does not record TRUNCATE in its change log."),
+				 errhint("Run ALTER EXTENSION eds UPDATE on the source primary, then run the ETL again.")));
+	}
 
 	PQclear(eds_remote_exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 							PGRES_COMMAND_OK, "starting the snapshot"));
@@ -276,7 +321,8 @@ etl_open_snapshot(SourcePoint *sp)
 						  "CASE WHEN pg_is_in_recovery() THEN "
 						  "(now() - (SELECT max(beat_at) FROM eds.heartbeat))::text END, "
 						  "CASE WHEN pg_is_in_recovery() THEN "
-						  "extract(epoch FROM now() - (SELECT max(beat_at) FROM eds.heartbeat)) END",
+						  "extract(epoch FROM now() - (SELECT max(beat_at) FROM eds.heartbeat)) END, "
+						  "(SELECT system_identifier::text FROM pg_control_system()) || '/' || current_database()",
 						  PGRES_TUPLES_OK, "taking the snapshot");
 	sp->horizon = pstrdup(PQgetvalue(res, 0, 0));
 	sp->is_replica = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
@@ -285,6 +331,12 @@ etl_open_snapshot(SourcePoint *sp)
 	sp->purged_upto = PQgetisnull(res, 0, 4) ? NULL : pstrdup(PQgetvalue(res, 0, 4));
 	sp->lag = PQgetisnull(res, 0, 5) ? NULL : pstrdup(PQgetvalue(res, 0, 5));
 	sp->lag_seconds = PQgetisnull(res, 0, 6) ? 0 : strtod(PQgetvalue(res, 0, 6), NULL);
+	sp->source_id = pstrdup(PQgetvalue(res, 0, 7));
+	PQclear(res);
+
+	res = eds_remote_exec(WINDOW_HOLDER_SQL, PGRES_TUPLES_OK, "looking for the transaction at the horizon");
+	sp->held_by = PQgetisnull(res, 0, 0) ? NULL : pstrdup(PQgetvalue(res, 0, 0));
+	sp->changes_waiting = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
 	PQclear(res);
 
 	/*
@@ -305,7 +357,44 @@ etl_open_snapshot(SourcePoint *sp)
 	}
 }
 
+/*
+ * Whether the window holds a TRUNCATE of a captured table: then the change
+ * log cannot say which keys went, and the run reads every row instead.
+ */
+static bool
+etl_window_has_truncate(const char *from, const char *to)
+{
+	PGresult   *res;
+	bool		found;
+
+	res = eds_remote_exec(psprintf("SELECT EXISTS (SELECT FROM eds.change_log WHERE op = 'T' "
+								   "AND txid >= '%s'::xid8 AND txid < '%s'::xid8)", from, to),
+						  PGRES_TUPLES_OK, "looking for a TRUNCATE in the window");
+	found = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	return found;
+}
+
 /* ---------------------------------------------------------------- the run */
+
+/*
+ * Refuse a source that is not the one this warehouse was loaded from: its
+ * transaction ids, and so the watermark, mean nothing there.
+ */
+static void
+etl_check_source_identity(const char *loaded_from, const SourcePoint *sp)
+{
+	if (loaded_from == NULL || strcmp(loaded_from, sp->source_id) == 0)
+		return;
+	eds_remote_disconnect();
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the ETL source is another database than the one this warehouse was loaded from"),
+			 errdetail("The warehouse was loaded from %s (system identifier/database); the source now is %s.",
+					   loaded_from, sp->source_id),
+			 errhint("Point eds_set_source() back at the original source or one of its replicas; if the new source "
+					 "is meant to replace it, run SELECT eds_etl_resync() and then eds_run_etl().")));
+}
 
 /*
  * The load transaction: extract, merge, move the watermark, mark success.
@@ -321,11 +410,14 @@ etl_load(int64 run_id, const char *run_id_text)
 				ms_load;
 	SourcePoint sp;
 	char	   *watermark;
-	char	   *probe;
+	char	   *resync_text;
+	char	   *loaded_from;
 	char	   *counts;
 	char	   *source_desc;
 	const char *mode;
 	int64		rows[5] = {0, 0, 0, 0, 0};
+	bool		full;
+	bool		resync;
 	bool		noop = false;
 	bool		merged = true;
 	char	   *note = NULL;
@@ -338,10 +430,12 @@ etl_load(int64 run_id, const char *run_id_text)
 	ms_connect = etl_ms_since(t0);
 
 	watermark = etl_sql("SELECT watermark::text FROM audit.etl_state", 0, NULL);
-	probe = etl_sql("SELECT probe_inserts::text FROM audit.etl_state", 0, NULL);
-	mode = watermark ? "incremental" : "full";
+	resync_text = etl_sql("SELECT resync::text FROM audit.etl_state", 0, NULL);
+	loaded_from = etl_sql("SELECT source_id FROM audit.etl_state", 0, NULL);
+	full = (watermark == NULL);
+	resync = !full && resync_text && strcmp(resync_text, "true") == 0;
 
-	if (watermark == NULL)
+	if (full)
 	{
 		if (etl_sql("SELECT 1 WHERE EXISTS (SELECT FROM warehouse.dim_customer) "
 					"OR EXISTS (SELECT FROM warehouse.dim_loan) "
@@ -351,20 +445,21 @@ etl_load(int64 run_id, const char *run_id_text)
 					 errmsg("the warehouse holds data but no ETL watermark"),
 					 errdetail("audit.etl_state is empty, so eds cannot tell which source changes the warehouse already has."),
 					 errhint("To reload from scratch, TRUNCATE warehouse.fact_payments, warehouse.fact_loans, "
-							 "warehouse.dim_loan, warehouse.dim_customer and run eds_run_etl() again.")));
+							 "warehouse.dim_loan, warehouse.dim_customer, eds.fact_payment_keys and run eds_run_etl() again.")));
 	}
-	else
+	else if (!resync)
 	{
 		const char *args[2] = {sp.purged_upto, watermark};
 
+		etl_check_source_identity(loaded_from, &sp);
 		if (sp.purged_upto && etl_sql("SELECT 1 WHERE $1::xid8 > $2::xid8", 2, args))
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("the source's change log was purged past this warehouse's watermark"),
 					 errdetail("The warehouse has loaded up to transaction %s, but the source kept changes only from %s on.",
 							   watermark, sp.purged_upto),
-					 errhint("Reload from scratch: TRUNCATE the warehouse facts and dimensions, DELETE FROM audit.etl_state, "
-							 "and run eds_run_etl().")));
+					 errhint("Run SELECT eds_etl_resync(), then eds_run_etl(): that run reads every source row "
+							 "and makes the warehouse match it.")));
 		args[0] = sp.horizon;
 		if (etl_sql("SELECT 1 WHERE $1::xid8 < $2::xid8", 2, args))
 		{
@@ -373,84 +468,86 @@ etl_load(int64 run_id, const char *run_id_text)
 			note = psprintf("source is behind the warehouse (its horizon %s < watermark %s): nothing loaded",
 							sp.horizon, watermark);
 		}
+		else if (etl_window_has_truncate(watermark, sp.horizon))
+		{
+			resync = true;
+			note = pstrdup("a captured table was truncated on the source: every row read (resync)");
+		}
 	}
+	mode = full ? "full" : resync ? "resync" : "incremental";
 
 	SPI_execute("TRUNCATE staging.stg_loan_products, staging.stg_customers, "
 				"staging.stg_loans, staging.stg_payments, staging.stg_lag_history", false, 0);
 
 	t = GetCurrentTimestamp();
 	if (!noop)
-		etl_extract(watermark, sp.horizon, rows);
+		etl_extract(watermark, sp.horizon, full || resync, rows);
 	PQclear(eds_remote_exec("COMMIT", PGRES_COMMAND_OK, "ending the snapshot"));
 	ms_extract = etl_ms_since(t);
 
 	t = GetCurrentTimestamp();
 	eds_progress_phase("load", NULL);
+
+	/*
+	 * An incremental run that staged no change has nothing to merge: the
+	 * merge's fixed cost (temporary tables, ANALYZE, a dozen statements)
+	 * would be most of a no-change run.
+	 */
+	merged = full || resync || rows[1] + rows[2] + rows[3] > 0;
+	if (!merged)
 	{
-		const char *args[4] = {run_id_text, sp.time,
-			(watermark && probe && strcmp(probe, "true") == 0) ? "true" : "false",
-		watermark ? "false" : "true"};
-
-		/*
-		 * An incremental run that staged no change has nothing to merge: the
-		 * merge's fixed cost (temporary tables, ANALYZE, a dozen statements)
-		 * would be most of a no-change run.
-		 */
-		merged = !(watermark && rows[1] + rows[2] + rows[3] == 0);
-		if (!merged)
-		{
-			counts = psprintf("{\"customers\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"new_versions\": 0, \"deleted\": 0}, "
-							  "\"loans\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"deleted\": 0}, "
-							  "\"payments\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"deleted\": 0, \"rejected\": 0}, "
-							  "\"fact_loans\": {\"inserted\": 0, \"updated\": 0, \"deleted\": 0}}");
-		}
-		else
-		{
-			char	   *payments_read = psprintf(INT64_FORMAT, rows[3]);
-			const char *load_args[5] = {args[0], args[1], args[2], args[3], payments_read};
-
-			counts = etl_sql("SELECT eds.load_staged($1::bigint, $2::timestamptz, $3::boolean, $4::boolean, "
-							 "$5::bigint)::text", 5, load_args);
-		}
-
-		/* Lag samples: append-only on the source; overlap is absorbed here. */
-		SPI_execute("INSERT INTO warehouse.replication_lag_history SELECT * FROM staging.stg_lag_history "
-					"ON CONFLICT (sample_id) DO NOTHING", false, 0);
+		counts = psprintf("{\"customers\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"new_versions\": 0, \"deleted\": 0}, "
+						  "\"loans\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"deleted\": 0}, "
+						  "\"payments\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"deleted\": 0, \"rejected\": 0}, "
+						  "\"fact_loans\": {\"inserted\": 0, \"updated\": 0, \"deleted\": 0}}");
 	}
+	else
+	{
+		char	   *payments_read = psprintf(INT64_FORMAT, rows[3]);
+		const char *load_args[5] = {run_id_text, sp.time, full ? "true" : "false",
+			resync ? "true" : "false", payments_read};
+
+		counts = etl_sql("SELECT eds.load_staged($1::bigint, $2::timestamptz, $3::boolean, $4::boolean, "
+						 "$5::bigint)::text", 5, load_args);
+	}
+
+	/* Lag samples: append-only on the source; overlap is absorbed here. */
+	SPI_execute("INSERT INTO warehouse.replication_lag_history SELECT * FROM staging.stg_lag_history "
+				"ON CONFLICT (sample_id) DO NOTHING", false, 0);
 	ms_load = etl_ms_since(t);
 
 	eds_progress_phase("finish", NULL);
 	{
-		/*
-		 * After a first load, the next window may repeat rows it saw: probe
-		 * them, until a run has merged something.
-		 */
-		const char *next_probe = watermark == NULL ? "true" :
-			((noop || !merged) && probe && strcmp(probe, "true") == 0) ? "true" : "false";
-		const char *state_args[3] = {noop ? watermark : sp.horizon, run_id_text, next_probe};
+		/* A replica behind us loaded nothing: a pending resync waits for a real run. */
+		const char *state_args[4] = {noop ? watermark : sp.horizon, run_id_text,
+			(noop && resync_text && strcmp(resync_text, "true") == 0) ? "true" : "false",
+		sp.source_id};
 
-		etl_sql("INSERT INTO audit.etl_state AS s (id, watermark, probe_inserts, last_success_run) "
-				"VALUES (1, $1::xid8, $3::boolean, $2::bigint) "
+		etl_sql("INSERT INTO audit.etl_state AS s (id, watermark, resync, source_id, last_success_run) "
+				"VALUES (1, $1::xid8, $3::boolean, $4, $2::bigint) "
 				"ON CONFLICT (id) DO UPDATE SET watermark = excluded.watermark, "
-				"probe_inserts = excluded.probe_inserts, last_success_run = excluded.last_success_run",
-				3, state_args);
+				"resync = excluded.resync, source_id = excluded.source_id, "
+				"last_success_run = excluded.last_success_run",
+				4, state_args);
 	}
 	{
 		char	   *phases = psprintf("{\"connect\": %.1f, \"extract\": %.1f, \"load\": %.1f}",
 									  ms_connect, ms_extract, ms_load);
-		const char *args[12] = {run_id_text, mode, source_desc, sp.is_replica ? "true" : "false",
-			watermark, noop ? watermark : sp.horizon, sp.lsn, sp.time, counts, phases, note, sp.lag};
+		const char *args[14] = {run_id_text, mode, source_desc, sp.is_replica ? "true" : "false",
+			watermark, noop ? watermark : sp.horizon, sp.lsn, sp.time, counts, phases, note, sp.lag,
+		sp.held_by, sp.changes_waiting ? "true" : "false"};
 
 		etl_sql("UPDATE audit.etl_runs SET status = 'success', run_finished_at = clock_timestamp(), "
 				"mode = $2, source_server = $3, source_is_replica = $4::boolean, from_txid = $5::xid8, "
 				"to_txid = $6::xid8, source_lsn = $7::pg_lsn, source_time = $8::timestamptz, "
 				"table_counts = $9::jsonb, phase_ms = $10::jsonb, note = $11, source_lag = $12::interval, "
+				"window_held_by = $13, changes_waiting = $14::boolean, "
 				"rows_read = (SELECT sum((v->>'read')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
 				"rows_inserted = (SELECT sum((v->>'inserted')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
 				"rows_updated = (SELECT sum((v->>'updated')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
 				"rows_deleted = (SELECT sum((v->>'deleted')::bigint) FROM jsonb_each($9::jsonb) AS e(k, v)), "
 				"rows_rejected = ($9::jsonb #>> '{payments,rejected}')::bigint "
-				"WHERE run_id = $1::bigint", 12, args);
+				"WHERE run_id = $1::bigint", 14, args);
 	}
 	etl_commit();
 	return !sp.is_replica && !noop;
@@ -584,10 +681,10 @@ eds_etl_run(int64 token)
 				psprintf("%s\nHint: %s", edata->detail, edata->hint) :
 				edata->detail ? edata->detail :
 				edata->hint ? psprintf("Hint: %s", edata->hint) : NULL;
-			const char *args[3] = {run_id_text, edata->message, detail};
+			const char *args[4] = {run_id_text, edata->message, detail, unpack_sql_state(edata->sqlerrcode)};
 
 			etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
-					"error_message = $2, error_detail = $3 WHERE run_id = $1::bigint", 3, args);
+					"error_message = $2, error_detail = $3, sqlstate = $4 WHERE run_id = $1::bigint", 4, args);
 		}
 		etl_commit();
 		ereport(LOG,

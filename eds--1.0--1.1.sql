@@ -1,0 +1,685 @@
+/* eds--1.0--1.1.sql: upgrade of the eds extension from 1.0 to 1.1 */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "ALTER EXTENSION eds UPDATE TO '1.1'" to load this file. \quit
+
+/*
+ * 1.1: the ETL decides from state, never from the operations logged.
+ *
+ * A key's row as of the run's snapshot is the truth: if it exists the
+ * warehouse holds exactly that (any earlier copy is removed wherever it
+ * lives), if it does not the warehouse drops it.  No path assumes a key is
+ * new.  What that needs, and what else 1.1 brings (docs/etl.md):
+ *   - eds.fact_payment_keys: where each payment's fact lives, so an earlier
+ *     copy is found with one lookup, whatever month it was filed under;
+ *   - TRUNCATE is captured (op 'T'); a window holding one makes the run a
+ *     resync: every source row as of the snapshot, and every warehouse key
+ *     missing from it removed;
+ *   - dim_loan.product_id and eds.loan_products_loaded, so a product rename
+ *     reaches every loan of the product;
+ *   - the source's identity is remembered, and a different one refused;
+ *   - fact_loans.total_paid is unbounded numeric (a sum of numeric(14,2)
+ *     payments has no fixed bound);
+ *   - a stalled window says what holds it (audit.etl_runs.window_held_by)
+ *     and eds_health() warns after eds.etl_stall_warn;
+ *   - eds_reconcile() compares digests of every copied attribute.
+ * The install script of 1.1 is eds--1.0.sql followed by this file (built by
+ * the Makefile), so an upgraded database and a fresh one are the same.
+ */
+
+-- ===========================================================================
+-- Change capture (source side): TRUNCATE too
+-- ===========================================================================
+ALTER TABLE eds.change_log DROP CONSTRAINT change_log_op_check;
+ALTER TABLE eds.change_log ADD CONSTRAINT change_log_op_check CHECK (op IN ('I', 'U', 'D', 'T'));
+COMMENT ON COLUMN eds.change_log.op IS 'I insert, U update, D delete (of key pk), T truncate of the whole table (pk 0)';
+
+COMMENT ON FUNCTION eds.capture_change() IS
+	'Change-capture trigger: AFTER INSERT/UPDATE/DELETE FOR EACH ROW records the changed key, AFTER TRUNCATE FOR EACH STATEMENT records the truncation, in eds.change_log for the ETL';
+
+-- A truncated table logs no row events: the statement trigger records it,
+-- and the run that reads it reloads every key (a resync).
+CREATE TRIGGER customers_capture_truncate AFTER TRUNCATE ON operational.customers
+	FOR EACH STATEMENT EXECUTE FUNCTION eds.capture_change();
+CREATE TRIGGER loans_capture_truncate AFTER TRUNCATE ON operational.loans
+	FOR EACH STATEMENT EXECUTE FUNCTION eds.capture_change();
+CREATE TRIGGER payments_capture_truncate AFTER TRUNCATE ON operational.payments
+	FOR EACH STATEMENT EXECUTE FUNCTION eds.capture_change();
+
+-- ===========================================================================
+-- Warehouse side: state the key-state merge needs
+-- ===========================================================================
+
+-- Where each payment's fact is filed.  fact_payments is partitioned by
+-- payment_date, so its key is only unique per partition; this table is the
+-- one place that knows, for a payment id, which partition holds its fact.
+CREATE TABLE eds.fact_payment_keys (
+	payment_id		bigint PRIMARY KEY,
+	payment_date	timestamptz NOT NULL
+);
+COMMENT ON TABLE eds.fact_payment_keys IS
+	'Every payment in warehouse.fact_payments with the date its fact is filed under: the ETL finds a payment''s earlier fact here, whatever partition it is in';
+INSERT INTO eds.fact_payment_keys SELECT payment_id, payment_date FROM warehouse.fact_payments;
+SELECT pg_catalog.pg_extension_config_dump('eds.fact_payment_keys', '');
+
+-- The products as last loaded, so a renamed product is found without
+-- scanning the loans.
+CREATE TABLE eds.loan_products_loaded (
+	product_id		integer PRIMARY KEY,
+	product_name	text,
+	product_type	text
+);
+COMMENT ON TABLE eds.loan_products_loaded IS
+	'The source''s loan products as the warehouse last loaded them: a product whose name or type changed is applied to every dim_loan row of the product';
+SELECT pg_catalog.pg_extension_config_dump('eds.loan_products_loaded', '');
+
+ALTER TABLE warehouse.dim_loan ADD COLUMN product_id integer;
+COMMENT ON COLUMN warehouse.dim_loan.product_id IS 'Source id of the loan product (operational.loan_products)';
+CREATE INDEX dim_loan_product_id_idx ON warehouse.dim_loan (product_id);
+
+-- A sum of payments has no fixed bound: numeric(16,2) overflowed ("numeric
+-- field overflow") and stopped every run.
+ALTER TABLE warehouse.fact_loans ALTER COLUMN total_paid TYPE numeric;
+
+-- What a run resyncs, and which source the warehouse was loaded from.
+ALTER TABLE audit.etl_state DROP COLUMN probe_inserts;
+ALTER TABLE audit.etl_state ADD COLUMN resync boolean NOT NULL DEFAULT false;
+ALTER TABLE audit.etl_state ADD COLUMN source_id text;
+COMMENT ON COLUMN audit.etl_state.resync IS
+	'When true, the next run reads every source row and removes what the source no longer has (set by eds_etl_resync(); a TRUNCATE on the source has the same effect for its run)';
+COMMENT ON COLUMN audit.etl_state.source_id IS
+	'The source the warehouse was loaded from: its system identifier and database name; a run from another one is refused';
+-- Warehouses loaded by 1.0 have no dim_loan.product_id yet: their next run
+-- reads every row once (and fills it).
+UPDATE audit.etl_state SET resync = true;
+
+ALTER TABLE audit.etl_runs ADD COLUMN window_held_by text;
+ALTER TABLE audit.etl_runs ADD COLUMN changes_waiting boolean;
+ALTER TABLE audit.etl_runs ADD COLUMN sqlstate text;
+COMMENT ON COLUMN audit.etl_runs.window_held_by IS
+	'The source transaction that ends the run''s window (the oldest one still open at its snapshot): session or prepared transaction, who, since when; NULL when none was open';
+COMMENT ON COLUMN audit.etl_runs.changes_waiting IS
+	'Whether the source had committed changes beyond the window at the snapshot (they wait for the holding transaction to end)';
+COMMENT ON COLUMN audit.etl_runs.sqlstate IS 'SQLSTATE of the error of a failed run';
+ALTER TABLE audit.etl_runs ADD CONSTRAINT etl_runs_mode_check CHECK (mode IN ('full', 'incremental', 'resync'));
+
+-- ===========================================================================
+-- The merge: one function per target, and an orchestrator
+-- ===========================================================================
+DROP FUNCTION eds.load_staged(bigint, timestamptz, boolean, boolean, bigint);
+
+/*
+ * A resync stages every source row: whatever the warehouse holds that is not
+ * staged was removed from the source, so it is staged as deleted and the
+ * merges below remove it like any deleted key.
+ */
+CREATE FUNCTION eds.stage_missing_as_deleted() RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	INSERT INTO staging.stg_customers (customer_id, is_deleted, touched)
+	SELECT d.customer_id, true, true FROM warehouse.dim_customer d
+	 WHERE d.is_current AND NOT d.is_deleted
+	   AND NOT EXISTS (SELECT FROM staging.stg_customers s WHERE s.customer_id = d.customer_id);
+	INSERT INTO staging.stg_loans (loan_id, is_deleted, touched)
+	SELECT d.loan_id, true, true FROM warehouse.dim_loan d
+	 WHERE NOT d.is_deleted
+	   AND NOT EXISTS (SELECT FROM staging.stg_loans s WHERE s.loan_id = d.loan_id);
+	INSERT INTO staging.stg_payments (payment_id, is_deleted, touched)
+	SELECT k.payment_id, true, true FROM eds.fact_payment_keys k
+	 WHERE NOT EXISTS (SELECT FROM staging.stg_payments s WHERE s.payment_id = k.payment_id);
+END;
+COMMENT ON FUNCTION eds.stage_missing_as_deleted() IS
+	'Resync: stages as deleted every warehouse key that the complete staging does not hold';
+REVOKE ALL ON FUNCTION eds.stage_missing_as_deleted() FROM PUBLIC;
+
+/*
+ * dim_customer, SCD type 2 on name, city and segment; email, phone and
+ * country are type 1.  Fills eds_changed_customers with the customers that
+ * got a new version.  Returns {read, inserted, updated, new_versions, deleted}.
+ */
+CREATE FUNCTION eds.merge_dim_customer(p_source_time timestamptz) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $merge$
+DECLARE
+	c_read bigint; c_new bigint; c_changed bigint; c_type1 bigint; c_deleted bigint;
+BEGIN
+	SELECT count(*) INTO c_read FROM staging.stg_customers;
+
+	-- Close the current version of each customer that changed, was deleted,
+	-- or came back, and open the next one from the same instant.
+	WITH closed AS (
+		UPDATE warehouse.dim_customer d
+		   SET effective_to = greatest(CASE WHEN s.is_deleted THEN p_source_time ELSE s.updated_at END,
+									   d.effective_from),
+			   is_current = false
+		  FROM staging.stg_customers s
+		 WHERE d.customer_id = s.customer_id AND d.is_current
+		   AND (s.is_deleted <> d.is_deleted
+				OR (NOT s.is_deleted
+					AND (d.full_name, d.city, d.segment) IS DISTINCT FROM (s.full_name, s.city, s.segment)))
+		RETURNING d.*
+	), opened AS (
+		INSERT INTO warehouse.dim_customer
+			(customer_id, version_no, full_name, email, phone, city, country, segment,
+			 effective_from, is_current, is_deleted)
+		SELECT k.customer_id, k.version_no + 1,
+			   CASE WHEN s.is_deleted THEN k.full_name ELSE s.full_name END,
+			   CASE WHEN s.is_deleted THEN k.email ELSE s.email END,
+			   CASE WHEN s.is_deleted THEN k.phone ELSE s.phone END,
+			   CASE WHEN s.is_deleted THEN k.city ELSE s.city END,
+			   CASE WHEN s.is_deleted THEN k.country ELSE s.country END,
+			   CASE WHEN s.is_deleted THEN k.segment ELSE s.segment END,
+			   k.effective_to, true, s.is_deleted
+		  FROM closed k JOIN staging.stg_customers s USING (customer_id)
+		RETURNING customer_id, is_deleted
+	)
+	INSERT INTO eds_changed_customers SELECT customer_id FROM opened;
+	ANALYZE eds_changed_customers;
+	SELECT count(*) FILTER (WHERE d.is_deleted), count(*) FILTER (WHERE NOT d.is_deleted)
+	  INTO c_deleted, c_changed
+	  FROM eds_changed_customers x JOIN warehouse.dim_customer d ON d.customer_id = x.customer_id AND d.is_current;
+
+	-- Customers the warehouse has never seen.
+	INSERT INTO warehouse.dim_customer
+		(customer_id, version_no, full_name, email, phone, city, country, segment, effective_from)
+	SELECT s.customer_id, 1, s.full_name, s.email, s.phone, s.city, s.country, s.segment, s.created_at
+	  FROM staging.stg_customers s
+	 WHERE NOT s.is_deleted
+	   AND NOT EXISTS (SELECT FROM warehouse.dim_customer d WHERE d.customer_id = s.customer_id);
+	GET DIAGNOSTICS c_new = ROW_COUNT;
+
+	-- Contact details are type 1: corrected in place on the current version.
+	UPDATE warehouse.dim_customer d
+	   SET email = s.email, phone = s.phone, country = s.country
+	  FROM staging.stg_customers s
+	 WHERE d.customer_id = s.customer_id AND d.is_current AND NOT s.is_deleted
+	   AND (d.email, d.phone, d.country) IS DISTINCT FROM (s.email, s.phone, s.country);
+	GET DIAGNOSTICS c_type1 = ROW_COUNT;
+
+	RETURN jsonb_build_object('read', c_read, 'inserted', c_new, 'updated', c_changed + c_type1,
+							  'new_versions', c_changed, 'deleted', c_deleted);
+END
+$merge$;
+COMMENT ON FUNCTION eds.merge_dim_customer(timestamptz) IS
+	'ETL merge step: staged customers into warehouse.dim_customer (SCD type 2 on name, city, segment)';
+REVOKE ALL ON FUNCTION eds.merge_dim_customer(timestamptz) FROM PUBLIC;
+
+/*
+ * dim_loan, type 1; a deleted loan stays, flagged.  Products come from the
+ * complete product list every run reads: a renamed product reaches every
+ * loan of it.  Fills eds_changed_loans (loans whose row changed) and
+ * eds_dirty_months (months of loans that moved branch).
+ */
+CREATE FUNCTION eds.merge_dim_loan() RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $merge$
+DECLARE
+	l_read bigint; l_new bigint; l_changed bigint; l_deleted bigint; l_products bigint;
+	moved_loans bigint[];
+BEGIN
+	SELECT count(*) INTO l_read FROM staging.stg_loans;
+
+	-- A loan moving to another branch moves its payments between the
+	-- branches of the monthly summary: every month it has payments in.
+	SELECT array_agg(s.loan_id) INTO moved_loans
+	  FROM staging.stg_loans s
+	  JOIN warehouse.dim_loan d ON d.loan_id = s.loan_id
+	 WHERE NOT s.is_deleted AND d.branch_code IS DISTINCT FROM s.branch_code;
+	IF moved_loans IS NOT NULL THEN
+		INSERT INTO eds_dirty_months
+		SELECT DISTINCT date_trunc('month', f.payment_date AT TIME ZONE 'UTC')::date
+		  FROM warehouse.fact_payments f WHERE f.loan_id = ANY (moved_loans);
+	END IF;
+
+	WITH up AS (
+		INSERT INTO warehouse.dim_loan AS d
+			(loan_id, customer_id, product_id, product_name, product_type, amount, interest_rate, tenure_months,
+			 status, branch_code, loan_officer, disbursed_at, maturity_date, is_deleted)
+		SELECT s.loan_id, s.customer_id, s.product_id, p.product_name, p.product_type, s.amount, s.interest_rate,
+			   s.tenure_months, s.status, s.branch_code, s.loan_officer, s.disbursed_at, s.maturity_date, false
+		  FROM staging.stg_loans s LEFT JOIN staging.stg_loan_products p USING (product_id)
+		 WHERE NOT s.is_deleted
+		ON CONFLICT (loan_id) DO UPDATE
+		   SET customer_id = excluded.customer_id, product_id = excluded.product_id,
+			   product_name = excluded.product_name,
+			   product_type = excluded.product_type, amount = excluded.amount,
+			   interest_rate = excluded.interest_rate, tenure_months = excluded.tenure_months,
+			   status = excluded.status, branch_code = excluded.branch_code,
+			   loan_officer = excluded.loan_officer, disbursed_at = excluded.disbursed_at,
+			   maturity_date = excluded.maturity_date, is_deleted = false
+		 WHERE (d.customer_id, d.product_id, d.product_name, d.product_type, d.amount, d.interest_rate,
+				d.tenure_months, d.status, d.branch_code, d.loan_officer, d.disbursed_at, d.maturity_date,
+				d.is_deleted)
+			   IS DISTINCT FROM
+			   (excluded.customer_id, excluded.product_id, excluded.product_name, excluded.product_type,
+				excluded.amount, excluded.interest_rate, excluded.tenure_months, excluded.status,
+				excluded.branch_code, excluded.loan_officer, excluded.disbursed_at, excluded.maturity_date, false)
+		RETURNING d.loan_id, (xmax = 0) AS inserted
+	), changed AS (
+		INSERT INTO eds_changed_loans SELECT loan_id FROM up WHERE NOT inserted RETURNING loan_id
+	)
+	SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) INTO l_new, l_changed FROM up;
+	ANALYZE eds_changed_loans;
+
+	UPDATE warehouse.dim_loan d SET is_deleted = true
+	  FROM staging.stg_loans s
+	 WHERE s.is_deleted AND d.loan_id = s.loan_id AND NOT d.is_deleted;
+	GET DIAGNOSTICS l_deleted = ROW_COUNT;
+
+	-- Products whose name or type changed since they were last loaded, and
+	-- the loans of them that no staged row has just set.
+	WITH renamed AS (
+		SELECT p.product_id, p.product_name, p.product_type
+		  FROM staging.stg_loan_products p
+		  LEFT JOIN eds.loan_products_loaded o USING (product_id)
+		 WHERE (o.product_name, o.product_type) IS DISTINCT FROM (p.product_name, p.product_type)
+	)
+	UPDATE warehouse.dim_loan d
+	   SET product_name = r.product_name, product_type = r.product_type
+	  FROM renamed r
+	 WHERE d.product_id = r.product_id
+	   AND (d.product_name, d.product_type) IS DISTINCT FROM (r.product_name, r.product_type);
+	GET DIAGNOSTICS l_products = ROW_COUNT;
+	DELETE FROM eds.loan_products_loaded o
+	 WHERE NOT EXISTS (SELECT FROM staging.stg_loan_products p WHERE p.product_id = o.product_id);
+	INSERT INTO eds.loan_products_loaded AS o SELECT product_id, product_name, product_type FROM staging.stg_loan_products
+	ON CONFLICT (product_id) DO UPDATE SET product_name = excluded.product_name, product_type = excluded.product_type
+	 WHERE (o.product_name, o.product_type) IS DISTINCT FROM (excluded.product_name, excluded.product_type);
+
+	RETURN jsonb_build_object('read', l_read, 'inserted', l_new, 'updated', l_changed + l_products,
+							  'deleted', l_deleted);
+END
+$merge$;
+COMMENT ON FUNCTION eds.merge_dim_loan() IS
+	'ETL merge step: staged loans and the product list into warehouse.dim_loan (type 1)';
+REVOKE ALL ON FUNCTION eds.merge_dim_loan() FROM PUBLIC;
+
+/*
+ * fact_payments.  Every staged payment key ends as its staged state: the
+ * fact it should be (its loan and the customer version current at its
+ * date) replaces whatever fact the key has, found through
+ * eds.fact_payment_keys in whatever partition; a key with no such fact
+ * (deleted, or rejected) loses its fact.  An identical fact is left alone,
+ * so a no-op source update writes nothing.  Fills eds_payment_delta with
+ * -1 for each fact removed and +1 for each written.
+ */
+CREATE FUNCTION eds.merge_fact_payments(p_run_id bigint, p_full boolean, p_payments_read bigint) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $merge$
+DECLARE
+	p_new bigint; p_changed bigint; p_deleted bigint; p_rejected bigint;
+BEGIN
+	IF p_full THEN
+		-- The dimensions grew from nothing: the fact insert must join them by hash.
+		ANALYZE warehouse.dim_customer, warehouse.dim_loan;
+	END IF;
+
+	-- Rows the warehouse cannot take are rejected, with the reason.
+	INSERT INTO audit.etl_rejects (run_id, table_name, source_key, reason, row_data)
+	SELECT p_run_id, 'payments', s.payment_id,
+		   coalesce(s.problem, 'its loan is not on the source'),
+		   to_jsonb(s) - 'is_deleted' - 'touched' - 'problem'
+	  FROM staging.stg_payments s
+	  LEFT JOIN warehouse.dim_loan l ON l.loan_id = s.loan_id AND NOT l.is_deleted
+	 WHERE NOT s.is_deleted
+	   AND (s.problem IS NOT NULL OR l.loan_id IS NULL);
+	GET DIAGNOSTICS p_rejected = ROW_COUNT;
+
+	PERFORM eds.ensure_fact_partitions(NOT p_full);
+
+	-- The fact each staged payment should be, keyed to the customer version
+	-- current at the payment's time (version 1 also covers anything earlier).
+	CREATE TEMP TABLE eds_payment_target ON COMMIT DROP AS
+	SELECT s.payment_id, s.payment_date, to_char(s.payment_date AT TIME ZONE 'UTC', 'YYYYMMDD')::integer AS date_sk,
+		   c.customer_sk, l.loan_sk, coalesce(m.method_sk, 0)::smallint AS method_sk, l.customer_id, s.loan_id,
+		   s.amount AS payment_amount, s.principal_portion, s.interest_portion, s.penalty_portion,
+		   c.segment AS customer_segment, l.status AS loan_status, l.branch_code
+	  FROM staging.stg_payments s
+	  JOIN warehouse.dim_loan l ON l.loan_id = s.loan_id AND NOT l.is_deleted
+	  JOIN warehouse.dim_customer c
+		ON c.customer_id = l.customer_id
+	   AND (c.version_no = 1 OR c.effective_from <= s.payment_date)
+	   AND s.payment_date < c.effective_to
+	  LEFT JOIN warehouse.dim_payment_method m ON m.method_code = s.payment_method
+	 WHERE NOT s.is_deleted AND s.problem IS NULL;
+
+	IF p_full THEN
+		-- Nothing existed: every target is new.  Partitions were created bare
+		-- and get their indexes after the insert (ensure_fact_partitions).
+		INSERT INTO warehouse.fact_payments
+			(payment_id, payment_date, date_sk, customer_sk, loan_sk, method_sk, customer_id, loan_id,
+			 payment_amount, principal_portion, interest_portion, penalty_portion,
+			 customer_segment, loan_status, branch_code)
+		SELECT * FROM eds_payment_target;
+		GET DIAGNOSTICS p_new = ROW_COUNT;
+		INSERT INTO eds.fact_payment_keys SELECT payment_id, payment_date FROM eds_payment_target;
+		PERFORM eds.index_fact_partitions();
+		RETURN jsonb_build_object('read', p_payments_read, 'inserted', p_new, 'updated', 0,
+								  'deleted', 0, 'rejected', p_rejected);
+	END IF;
+
+	ANALYZE eds_payment_target;
+	CREATE INDEX ON eds_payment_target (payment_id);
+
+	-- The facts the staged keys have now, wherever they are filed.
+	CREATE TEMP TABLE eds_payment_current ON COMMIT DROP AS
+	SELECT f.*
+	  FROM staging.stg_payments s
+	  JOIN eds.fact_payment_keys k ON k.payment_id = s.payment_id
+	  JOIN warehouse.fact_payments f ON f.payment_id = k.payment_id AND f.payment_date = k.payment_date;
+	ANALYZE eds_payment_current;
+
+	-- Remove each fact that is not exactly its key's target.
+	WITH stale AS (
+		SELECT e.payment_id, e.payment_date FROM eds_payment_current e
+		 WHERE NOT EXISTS (SELECT FROM eds_payment_target t
+							WHERE t.payment_id = e.payment_id AND ROW(t.*) IS NOT DISTINCT FROM ROW(e.*))
+	), gone AS (
+		DELETE FROM warehouse.fact_payments f
+		 USING stale x
+		 WHERE f.payment_id = x.payment_id AND f.payment_date = x.payment_date
+		RETURNING f.loan_id, f.payment_id, f.payment_amount, f.payment_date
+	), unfiled AS (
+		DELETE FROM eds.fact_payment_keys k USING gone g WHERE k.payment_id = g.payment_id
+	)
+	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, -1, payment_amount, payment_date FROM gone;
+
+	-- Write each target that is not already there, and file it.
+	WITH fresh AS (
+		INSERT INTO warehouse.fact_payments
+			(payment_id, payment_date, date_sk, customer_sk, loan_sk, method_sk, customer_id, loan_id,
+			 payment_amount, principal_portion, interest_portion, penalty_portion,
+			 customer_segment, loan_status, branch_code)
+		SELECT t.* FROM eds_payment_target t
+		 WHERE NOT EXISTS (SELECT FROM eds_payment_current e
+							WHERE e.payment_id = t.payment_id AND ROW(t.*) IS NOT DISTINCT FROM ROW(e.*))
+		RETURNING loan_id, payment_id, payment_amount, payment_date
+	), filed AS (
+		INSERT INTO eds.fact_payment_keys SELECT payment_id, payment_date FROM fresh
+	)
+	INSERT INTO eds_payment_delta SELECT loan_id, payment_id, 1, payment_amount, payment_date FROM fresh;
+
+	SELECT count(*) FILTER (WHERE ins AND NOT del), count(*) FILTER (WHERE ins AND del),
+		   count(*) FILTER (WHERE del AND NOT ins)
+	  INTO p_new, p_changed, p_deleted
+	  FROM (SELECT payment_id, bool_or(sign = 1) AS ins, bool_or(sign = -1) AS del
+			  FROM eds_payment_delta GROUP BY payment_id) x;
+
+	RETURN jsonb_build_object('read', p_payments_read, 'inserted', p_new, 'updated', p_changed,
+							  'deleted', p_deleted, 'rejected', p_rejected);
+END
+$merge$;
+COMMENT ON FUNCTION eds.merge_fact_payments(bigint, boolean, bigint) IS
+	'ETL merge step: every staged payment key''s fact becomes its staged state (replaced wherever it is filed, or removed)';
+REVOKE ALL ON FUNCTION eds.merge_fact_payments(bigint, boolean, bigint) FROM PUBLIC;
+
+/*
+ * The attributes facts copy from their dimensions, after the dimensions
+ * changed: a new customer version takes over the facts from its start, a
+ * loan moved to another customer takes its payments along, a loan's status
+ * and branch are copied onto its payments.  Only facts whose value differs
+ * are written.
+ */
+CREATE FUNCTION eds.refresh_fact_attributes() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $refresh$
+DECLARE
+	versions_from timestamptz;
+BEGIN
+	-- Only payments made since the earliest new version can change, so only
+	-- their partitions are searched.
+	SELECT min(d.effective_from) INTO versions_from
+	  FROM warehouse.dim_customer d JOIN eds_changed_customers x USING (customer_id)
+	 WHERE d.is_current;
+	UPDATE warehouse.fact_payments f
+	   SET customer_sk = d.customer_sk, customer_segment = d.segment
+	  FROM warehouse.dim_customer d
+	 WHERE d.customer_id IN (SELECT customer_id FROM eds_changed_customers)
+	   AND f.payment_date >= versions_from
+	   AND f.customer_id = d.customer_id
+	   AND (d.version_no = 1 OR d.effective_from <= f.payment_date) AND f.payment_date < d.effective_to
+	   AND (f.customer_sk, f.customer_segment) IS DISTINCT FROM (d.customer_sk, d.segment);
+
+	UPDATE warehouse.fact_payments f
+	   SET customer_id = c.customer_id, customer_sk = c.customer_sk, customer_segment = c.segment
+	  FROM warehouse.dim_loan l
+	  JOIN warehouse.dim_customer c ON c.customer_id = l.customer_id
+	 WHERE l.loan_id IN (SELECT loan_id FROM eds_changed_loans)
+	   AND f.loan_id = l.loan_id AND f.customer_id <> l.customer_id
+	   AND (c.version_no = 1 OR c.effective_from <= f.payment_date) AND f.payment_date < c.effective_to;
+
+	UPDATE warehouse.fact_payments f
+	   SET loan_status = l.status, branch_code = l.branch_code
+	  FROM warehouse.dim_loan l
+	 WHERE l.loan_id IN (SELECT loan_id FROM eds_changed_loans)
+	   AND f.loan_id = l.loan_id
+	   AND (f.loan_status, f.branch_code) IS DISTINCT FROM (l.status, l.branch_code);
+END
+$refresh$;
+COMMENT ON FUNCTION eds.refresh_fact_attributes() IS
+	'ETL merge step: copies changed customer versions, borrowers, loan status and branch onto the facts that differ';
+REVOKE ALL ON FUNCTION eds.refresh_fact_attributes() FROM PUBLIC;
+
+/*
+ * fact_loans: one row per loan that exists; its payment totals move by the
+ * run's fact deltas.  A row the run creates takes its totals from the facts
+ * themselves (the warehouse may hold facts of the loan already).  Fills
+ * eds_dirty_customers and eds_dirty_months for the summaries.
+ */
+CREATE FUNCTION eds.merge_fact_loans(p_full boolean) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $merge$
+DECLARE
+	f_new bigint; f_changed bigint; f_deleted bigint;
+BEGIN
+	CREATE TEMP TABLE eds_new_fact_loans (loan_id bigint PRIMARY KEY) ON COMMIT DROP;
+
+	-- The customers whose totals change: each staged loan's old and new
+	-- borrower, and the borrower of a loan that gained or lost a payment (a
+	-- deleted payment does not stage its loan).
+	IF NOT p_full THEN
+		INSERT INTO eds_dirty_customers
+		SELECT f.customer_id FROM warehouse.fact_loans f JOIN staging.stg_loans s USING (loan_id)
+		UNION
+		SELECT s.customer_id FROM staging.stg_loans s WHERE s.customer_id IS NOT NULL
+		UNION
+		SELECT f.customer_id FROM warehouse.fact_loans f
+		 WHERE f.loan_id IN (SELECT loan_id FROM eds_payment_delta);
+		INSERT INTO eds_dirty_months
+		SELECT DISTINCT date_trunc('month', paid_at AT TIME ZONE 'UTC')::date FROM eds_payment_delta;
+	END IF;
+
+	WITH up AS (
+		INSERT INTO warehouse.fact_loans AS f
+			(loan_id, loan_sk, customer_sk, customer_id, principal_amount, outstanding_balance,
+			 loan_status, customer_segment, branch_code, disbursed_at, is_active, is_defaulted, is_repaid,
+			 total_paid, payment_count, last_payment_date)
+		SELECT l.loan_id, l.loan_sk, c.customer_sk, l.customer_id, l.amount, s.outstanding_balance,
+			   l.status, c.segment, l.branch_code, l.disbursed_at,
+			   l.status = 'active', l.status = 'defaulted', l.status = 'repaid',
+			   coalesce(t.paid, 0), coalesce(t.payments, 0), t.last_paid
+		  FROM staging.stg_loans s
+		  JOIN warehouse.dim_loan l USING (loan_id)
+		  JOIN warehouse.dim_customer c ON c.customer_id = l.customer_id AND c.is_current
+		  -- A first load takes the totals from the facts it just loaded.
+		  LEFT JOIN (SELECT p.loan_id, sum(p.payment_amount) AS paid, count(*) AS payments,
+							max(p.payment_date) AS last_paid
+					   FROM warehouse.fact_payments p WHERE p_full GROUP BY p.loan_id) t
+			ON t.loan_id = s.loan_id
+		 WHERE NOT s.is_deleted
+		ON CONFLICT (loan_id) DO UPDATE
+		   SET loan_sk = excluded.loan_sk, customer_sk = excluded.customer_sk,
+			   customer_id = excluded.customer_id, principal_amount = excluded.principal_amount,
+			   outstanding_balance = excluded.outstanding_balance, loan_status = excluded.loan_status,
+			   customer_segment = excluded.customer_segment, branch_code = excluded.branch_code,
+			   disbursed_at = excluded.disbursed_at, is_active = excluded.is_active,
+			   is_defaulted = excluded.is_defaulted, is_repaid = excluded.is_repaid
+		 WHERE (f.loan_sk, f.customer_sk, f.customer_id, f.principal_amount, f.outstanding_balance,
+				f.loan_status, f.customer_segment, f.branch_code, f.disbursed_at)
+			   IS DISTINCT FROM
+			   (excluded.loan_sk, excluded.customer_sk, excluded.customer_id, excluded.principal_amount,
+				excluded.outstanding_balance, excluded.loan_status, excluded.customer_segment,
+				excluded.branch_code, excluded.disbursed_at)
+		RETURNING f.loan_id, (xmax = 0) AS inserted
+	), created AS (
+		INSERT INTO eds_new_fact_loans SELECT loan_id FROM up WHERE inserted AND NOT p_full
+	)
+	SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) INTO f_new, f_changed FROM up;
+
+	UPDATE warehouse.fact_loans f
+	   SET customer_sk = c.customer_sk, customer_segment = c.segment
+	  FROM warehouse.dim_customer c
+	 WHERE c.customer_id IN (SELECT customer_id FROM eds_changed_customers) AND c.is_current
+	   AND f.customer_id = c.customer_id
+	   AND (f.customer_sk, f.customer_segment) IS DISTINCT FROM (c.customer_sk, c.segment);
+
+	DELETE FROM warehouse.fact_loans f
+	 USING staging.stg_loans s
+	 WHERE s.is_deleted AND f.loan_id = s.loan_id;
+	GET DIAGNOSTICS f_deleted = ROW_COUNT;
+
+	IF NOT p_full THEN
+		-- Rows this run created: totals of the facts as they now stand.
+		UPDATE warehouse.fact_loans f
+		   SET total_paid = t.paid, payment_count = t.payments, last_payment_date = t.last_paid
+		  FROM (SELECT n.loan_id, coalesce(sum(p.payment_amount), 0) AS paid, count(p.loan_id) AS payments,
+					   max(p.payment_date) AS last_paid
+				  FROM eds_new_fact_loans n LEFT JOIN warehouse.fact_payments p ON p.loan_id = n.loan_id
+				 GROUP BY n.loan_id) t
+		 WHERE f.loan_id = t.loan_id;
+
+		-- Rows that existed: the latest payment only moves forward, unless the
+		-- latest one was removed and nothing as late came in: then it is
+		-- looked up again.
+		UPDATE warehouse.fact_loans f
+		   SET total_paid = f.total_paid + d.amount, payment_count = f.payment_count + d.payments,
+			   last_payment_date =
+				   CASE WHEN d.last_removed >= f.last_payment_date
+							 AND d.last_removed > coalesce(d.last_added, '-infinity')
+						THEN (SELECT max(p.payment_date) FROM warehouse.fact_payments p
+							   WHERE p.loan_id = f.loan_id)
+						ELSE greatest(f.last_payment_date, d.last_added) END
+		  FROM (SELECT loan_id, sum(sign * amount) AS amount, sum(sign) AS payments,
+					   max(paid_at) FILTER (WHERE sign < 0) AS last_removed,
+					   max(paid_at) FILTER (WHERE sign > 0) AS last_added
+				  FROM eds_payment_delta GROUP BY loan_id) d
+		 WHERE f.loan_id = d.loan_id
+		   AND NOT EXISTS (SELECT FROM eds_new_fact_loans n WHERE n.loan_id = d.loan_id);
+	END IF;
+
+	RETURN jsonb_build_object('inserted', f_new, 'updated', f_changed, 'deleted', f_deleted);
+END
+$merge$;
+COMMENT ON FUNCTION eds.merge_fact_loans(boolean) IS
+	'ETL merge step: staged loans into warehouse.fact_loans, payment totals moved by the run''s fact deltas';
+REVOKE ALL ON FUNCTION eds.merge_fact_loans(boolean) FROM PUBLIC;
+
+-- The summaries behind the views, for what the run touched.
+CREATE FUNCTION eds.refresh_summaries(p_full boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $refresh$
+DECLARE
+	m date;
+BEGIN
+	IF p_full THEN
+		PERFORM eds.summarize_payments('-infinity', 'infinity');
+		PERFORM eds.summarize_customers(NULL);
+		RETURN;
+	END IF;
+	FOR m IN SELECT DISTINCT month FROM eds_dirty_months ORDER BY 1 LOOP
+		PERFORM eds.summarize_payments(m::timestamp AT TIME ZONE 'UTC',
+									   (m + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+	END LOOP;
+	PERFORM eds.summarize_customers(ARRAY(SELECT DISTINCT customer_id FROM eds_dirty_customers));
+END
+$refresh$;
+COMMENT ON FUNCTION eds.refresh_summaries(boolean) IS
+	'ETL merge step: recomputes the view summaries for the months and customers the run touched (all after a first load)';
+REVOKE ALL ON FUNCTION eds.refresh_summaries(boolean) FROM PUBLIC;
+
+/*
+ * The merge of one run, called by the ETL worker inside the transaction that
+ * also moves the watermark.  Staging holds, for every key that changed in
+ * the run's window (and every loan and customer those rows reference), the
+ * row as of one source snapshot, or is_deleted; after a resync, every
+ * source row.  Each step makes a key's warehouse rows match its staged
+ * state, whatever the warehouse held before, so a key seen by several runs
+ * (a first load and the window after it, a delete and a re-insert split
+ * across windows) ends in the same state.
+ * p_full: the warehouse is empty (first load).  p_resync: staging holds
+ * every source row, so what it lacks was removed.
+ */
+CREATE FUNCTION eds.load_staged(p_run_id bigint, p_source_time timestamptz, p_full boolean, p_resync boolean,
+								p_payments_read bigint)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+-- Just-in-time compilation costs more than it saves on these statements
+-- (measured: 0.66 s of a 1.9 s run at 1M payments).
+SET jit = off
+AS $load$
+DECLARE
+	customers jsonb;
+	loans jsonb;
+	payments jsonb;
+	fact_loans jsonb;
+BEGIN
+	CREATE TEMP TABLE eds_changed_customers (customer_id bigint PRIMARY KEY) ON COMMIT DROP;
+	CREATE TEMP TABLE eds_changed_loans (loan_id bigint PRIMARY KEY) ON COMMIT DROP;
+	CREATE TEMP TABLE eds_payment_delta (loan_id bigint, payment_id bigint, sign integer, amount numeric,
+										 paid_at timestamptz) ON COMMIT DROP;
+	CREATE TEMP TABLE eds_dirty_months (month date) ON COMMIT DROP;
+	CREATE TEMP TABLE eds_dirty_customers (customer_id bigint) ON COMMIT DROP;
+
+	IF p_resync AND NOT p_full THEN
+		PERFORM eds.stage_missing_as_deleted();
+	END IF;
+	-- The planner must know how small (or large) this run is.
+	ANALYZE staging.stg_loan_products, staging.stg_customers, staging.stg_loans, staging.stg_payments;
+
+	customers := eds.merge_dim_customer(p_source_time);
+	loans := eds.merge_dim_loan();
+	payments := eds.merge_fact_payments(p_run_id, p_full, p_payments_read);
+	PERFORM eds.refresh_fact_attributes();
+	fact_loans := eds.merge_fact_loans(p_full);
+	PERFORM eds.refresh_summaries(p_full);
+
+	-- After a first load the tables grew from nothing: plan later runs on
+	-- real sizes (the fact partitions got theirs from their index builds).
+	IF p_full THEN
+		ANALYZE warehouse.fact_loans, eds.fact_payment_keys;
+	END IF;
+
+	RETURN jsonb_build_object('customers', customers, 'loans', loans, 'payments', payments,
+							  'fact_loans', fact_loans);
+END
+$load$;
+COMMENT ON FUNCTION eds.load_staged(bigint, timestamptz, boolean, boolean, bigint) IS
+	'Merges the staged rows of one ETL run into the star schema (called by the ETL worker)';
+REVOKE ALL ON FUNCTION eds.load_staged(bigint, timestamptz, boolean, boolean, bigint) FROM PUBLIC;
+
+-- Asks the next run to read every source row and remove what the source no
+-- longer has: after a restore or a move of the source, a purged change log,
+-- or a doubt.
+CREATE FUNCTION eds_etl_resync() RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $resync$
+BEGIN
+	UPDATE audit.etl_state SET resync = true, source_id = NULL;
+	IF NOT FOUND THEN
+		RETURN 'nothing loaded yet: the next run is a first load';
+	END IF;
+	RETURN 'the next eds_run_etl() reads every source row and makes the warehouse match it';
+END
+$resync$;
+COMMENT ON FUNCTION eds_etl_resync() IS
+	'Makes the next ETL run a resync: every source row read, the warehouse made to match it (accepts a new source database)';
+REVOKE ALL ON FUNCTION eds_etl_resync() FROM PUBLIC;
