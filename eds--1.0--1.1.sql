@@ -683,3 +683,451 @@ $resync$;
 COMMENT ON FUNCTION eds_etl_resync() IS
 	'Makes the next ETL run a resync: every source row read, the warehouse made to match it (accepts a new source database)';
 REVOKE ALL ON FUNCTION eds_etl_resync() FROM PUBLIC;
+
+-- ===========================================================================
+-- Reconciliation without blind spots: a digest of every copied attribute
+-- ===========================================================================
+-- Both sides compute the same digests: rows in 256 buckets by key, each
+-- bucket's rows as text in key order, hashed.  Times are compared as epoch
+-- seconds and dates as ISO text, so the two sessions' TimeZone and DateStyle
+-- do not matter.  Payments the warehouse rules refuse (eds.payment_problem)
+-- are in audit.etl_rejects, not in the facts: the source leaves them out.
+DROP FUNCTION eds.reconcile_source_figures();
+DROP FUNCTION eds.reconcile_warehouse_figures();
+
+CREATE FUNCTION eds.digest_bucket(rows_text text) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN ('x' || left(md5(rows_text), 12))::bit(48)::bigint;
+COMMENT ON FUNCTION eds.digest_bucket(text) IS 'eds_reconcile(): a 48-bit number from the text of one bucket of rows';
+REVOKE ALL ON FUNCTION eds.digest_bucket(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds.digest_bucket(text) TO etl_reader;
+
+-- A payment month as reconcile keys show it; dates outside any month say so.
+CREATE FUNCTION eds.reconcile_month(paid_at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN isfinite(paid_at) THEN to_char(paid_at AT TIME ZONE 'UTC', 'YYYY-MM') ELSE paid_at::text END;
+COMMENT ON FUNCTION eds.reconcile_month(timestamptz) IS 'eds_reconcile(): the UTC month of a payment (infinity and -infinity as such)';
+REVOKE ALL ON FUNCTION eds.reconcile_month(timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds.reconcile_month(timestamptz) TO etl_reader;
+
+CREATE FUNCTION eds.reconcile_source_figures() RETURNS TABLE (check_name text, check_key text, value numeric)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $src$
+	WITH payments AS (
+		SELECT p.* FROM operational.payments p
+		 WHERE eds.payment_problem(p.loan_id, p.amount, p.principal_portion, p.interest_portion,
+								   p.penalty_portion, p.payment_date) IS NULL
+	)
+	SELECT 'customers', 'count', count(*)::numeric FROM operational.customers
+	UNION ALL
+	SELECT 'loans', 'count', count(*) FROM operational.loans
+	UNION ALL
+	SELECT 'loans', 'outstanding', coalesce(sum(outstanding_balance), 0) FROM operational.loans
+	UNION ALL
+	SELECT 'loans by status', status, count(*) FROM operational.loans GROUP BY status
+	UNION ALL
+	SELECT 'payments', 'count', count(*) FROM payments
+	UNION ALL
+	SELECT 'payments', 'amount', coalesce(sum(amount), 0) FROM payments
+	UNION ALL
+	SELECT 'payments per month', eds.reconcile_month(payment_date) || ' count', count(*)
+	  FROM payments GROUP BY 2
+	UNION ALL
+	SELECT 'payments per month', eds.reconcile_month(payment_date) || ' amount', sum(amount)
+	  FROM payments GROUP BY 2
+	UNION ALL
+	SELECT 'customer attributes', (customer_id % 256)::text,
+		   eds.digest_bucket(string_agg(concat_ws('|', customer_id, full_name, email, phone, city, country, segment),
+										',' ORDER BY customer_id))
+	  FROM operational.customers GROUP BY customer_id % 256
+	UNION ALL
+	SELECT 'loan attributes', (l.loan_id % 256)::text,
+		   eds.digest_bucket(string_agg(concat_ws('|', l.loan_id, l.customer_id, p.product_name, p.product_type,
+												  l.amount, l.interest_rate, l.tenure_months, l.status,
+												  l.outstanding_balance, l.branch_code, l.loan_officer,
+												  extract(epoch FROM l.disbursed_at),
+												  to_char(l.maturity_date, 'YYYY-MM-DD')),
+										',' ORDER BY l.loan_id))
+	  FROM operational.loans l LEFT JOIN operational.loan_products p USING (product_id)
+	 GROUP BY l.loan_id % 256
+	UNION ALL
+	SELECT 'payment attributes', (payment_id % 256)::text,
+		   eds.digest_bucket(string_agg(concat_ws('|', payment_id, loan_id, amount, principal_portion,
+												  interest_portion, penalty_portion, payment_method,
+												  extract(epoch FROM payment_date)),
+										',' ORDER BY payment_id))
+	  FROM payments GROUP BY payment_id % 256
+	UNION ALL
+	SELECT 'fact_loans totals', 'loans whose total_paid or payment_count disagree with fact_payments', 0
+	UNION ALL
+	SELECT 'fact_payments customers', 'payments keyed to another customer than their loan''s', 0
+	UNION ALL
+	SELECT 'fact_payments keys', 'facts and eds.fact_payment_keys entries that do not match', 0
+	UNION ALL
+	SELECT 'view summaries', 'months, branches and methods whose summary disagrees with fact_payments', 0
+	UNION ALL
+	SELECT 'view summaries', 'customers whose totals disagree with fact_loans', 0
+$src$;
+COMMENT ON FUNCTION eds.reconcile_source_figures() IS 'Figures eds_reconcile() compares, computed on the source';
+REVOKE ALL ON FUNCTION eds.reconcile_source_figures() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds.reconcile_source_figures() TO etl_reader;
+
+CREATE FUNCTION eds.reconcile_warehouse_figures() RETURNS TABLE (check_name text, check_key text, value numeric)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $wh$
+	SELECT 'customers', 'count', count(*)::numeric FROM warehouse.dim_customer WHERE is_current AND NOT is_deleted
+	UNION ALL
+	SELECT 'loans', 'count', count(*) FROM warehouse.fact_loans
+	UNION ALL
+	SELECT 'loans', 'outstanding', coalesce(sum(outstanding_balance), 0) FROM warehouse.fact_loans
+	UNION ALL
+	SELECT 'loans by status', loan_status, count(*) FROM warehouse.fact_loans GROUP BY loan_status
+	UNION ALL
+	SELECT 'payments', 'count', count(*) FROM warehouse.fact_payments
+	UNION ALL
+	SELECT 'payments', 'amount', coalesce(sum(payment_amount), 0) FROM warehouse.fact_payments
+	UNION ALL
+	SELECT 'payments per month', eds.reconcile_month(payment_date) || ' count', count(*)
+	  FROM warehouse.fact_payments GROUP BY 2
+	UNION ALL
+	SELECT 'payments per month', eds.reconcile_month(payment_date) || ' amount', sum(payment_amount)
+	  FROM warehouse.fact_payments GROUP BY 2
+	UNION ALL
+	SELECT 'customer attributes', (customer_id % 256)::text,
+		   eds.digest_bucket(string_agg(concat_ws('|', customer_id, full_name, email, phone, city, country, segment),
+										',' ORDER BY customer_id))
+	  FROM warehouse.dim_customer WHERE is_current AND NOT is_deleted GROUP BY customer_id % 256
+	UNION ALL
+	SELECT 'loan attributes', (d.loan_id % 256)::text,
+		   eds.digest_bucket(string_agg(concat_ws('|', d.loan_id, d.customer_id, d.product_name, d.product_type,
+												  d.amount, d.interest_rate, d.tenure_months, d.status,
+												  f.outstanding_balance, d.branch_code, d.loan_officer,
+												  extract(epoch FROM d.disbursed_at),
+												  to_char(d.maturity_date, 'YYYY-MM-DD')),
+										',' ORDER BY d.loan_id))
+	  FROM warehouse.dim_loan d LEFT JOIN warehouse.fact_loans f USING (loan_id)
+	 WHERE NOT d.is_deleted
+	 GROUP BY d.loan_id % 256
+	UNION ALL
+	SELECT 'payment attributes', (f.payment_id % 256)::text,
+		   eds.digest_bucket(string_agg(concat_ws('|', f.payment_id, f.loan_id, f.payment_amount, f.principal_portion,
+												  f.interest_portion, f.penalty_portion, m.method_code,
+												  extract(epoch FROM f.payment_date)),
+										',' ORDER BY f.payment_id))
+	  FROM warehouse.fact_payments f JOIN warehouse.dim_payment_method m USING (method_sk)
+	 GROUP BY f.payment_id % 256
+	UNION ALL
+	SELECT 'fact_payments customers', 'payments keyed to another customer than their loan''s', count(*)
+	  FROM warehouse.fact_payments f JOIN warehouse.dim_loan l USING (loan_id)
+	 WHERE f.customer_id <> l.customer_id
+	UNION ALL
+	SELECT 'fact_payments keys', 'facts and eds.fact_payment_keys entries that do not match', count(*)
+	  FROM warehouse.fact_payments f
+	  FULL JOIN eds.fact_payment_keys k ON k.payment_id = f.payment_id AND k.payment_date = f.payment_date
+	 WHERE f.payment_id IS NULL OR k.payment_id IS NULL
+	UNION ALL
+	-- fact_loans keeps its payment totals by delta: check them against the facts
+	SELECT 'fact_loans totals', 'loans whose total_paid or payment_count disagree with fact_payments', count(*)
+	  FROM warehouse.fact_loans f
+	  LEFT JOIN (SELECT loan_id, sum(payment_amount) AS paid, count(*) AS n, max(payment_date) AS last_paid
+				   FROM warehouse.fact_payments GROUP BY loan_id) p USING (loan_id)
+	 WHERE f.total_paid <> coalesce(p.paid, 0) OR f.payment_count <> coalesce(p.n, 0)
+		OR f.last_payment_date IS DISTINCT FROM p.last_paid
+	UNION ALL
+	-- The views read summaries the ETL keeps: check them against the facts
+	SELECT 'view summaries', 'months, branches and methods whose summary disagrees with fact_payments', count(*)
+	  FROM (SELECT month, branch_code, method_sk, payment_count, total_amount, principal, interest, penalty
+			  FROM eds.payments_by_month) s
+	  FULL JOIN (SELECT date_trunc('month', payment_date AT TIME ZONE 'UTC')::date AS month, branch_code,
+						method_sk, count(*) AS payment_count, sum(payment_amount) AS total_amount,
+						sum(principal_portion) AS principal, sum(interest_portion) AS interest,
+						sum(penalty_portion) AS penalty
+				   FROM warehouse.fact_payments GROUP BY 1, 2, 3) f
+		ON f.month = s.month AND f.branch_code IS NOT DISTINCT FROM s.branch_code AND f.method_sk = s.method_sk
+	 WHERE (s.payment_count, s.total_amount, s.principal, s.interest, s.penalty)
+		   IS DISTINCT FROM (f.payment_count, f.total_amount, f.principal, f.interest, f.penalty)
+	UNION ALL
+	SELECT 'view summaries', 'customers whose totals disagree with fact_loans', count(*)
+	  FROM eds.customer_payment_totals t
+	  FULL JOIN (SELECT customer_id, sum(total_paid) AS total_paid, sum(payment_count) AS payment_count,
+						count(*) FILTER (WHERE payment_count > 0) AS loan_count,
+						max(last_payment_date) AS last_payment_date
+				   FROM warehouse.fact_loans GROUP BY customer_id HAVING sum(payment_count) > 0) f
+		USING (customer_id)
+	 WHERE (t.total_paid, t.payment_count, t.loan_count, t.last_payment_date)
+		   IS DISTINCT FROM (f.total_paid, f.payment_count, f.loan_count, f.last_payment_date)
+$wh$;
+COMMENT ON FUNCTION eds.reconcile_warehouse_figures() IS 'Figures eds_reconcile() compares, computed on the warehouse';
+REVOKE ALL ON FUNCTION eds.reconcile_warehouse_figures() FROM PUBLIC;
+
+COMMENT ON FUNCTION eds_reconcile() IS
+	'Compares source and warehouse (counts, sums, per-month payments, digests of every copied customer, loan and payment attribute, fact_loans totals, summaries); returns only the differences, so no rows means clean';
+
+-- ===========================================================================
+-- Health: a window that stands still while changes wait
+-- ===========================================================================
+-- eds_metrics() reads eds_health(): both are made again.
+DROP FUNCTION eds_metrics();
+DROP FUNCTION eds_health();
+CREATE FUNCTION eds_health(
+	OUT check_name text, OUT status text, OUT value text, OUT message text)
+RETURNS SETOF record
+LANGUAGE plpgsql
+-- Definer: a monitoring login sees replication details, the archive status
+-- directory and pg_cron's jobs, which its own rights would hide.  It takes
+-- no input, and its search_path is pinned.
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $health$
+DECLARE
+	v_interval	numeric := eds.setting_number('eds.lag_sample_interval', 10);
+	v_warn_b	numeric := eds.setting_number('eds.lag_warn_bytes', 16777216);
+	v_crit_b	numeric := eds.setting_number('eds.lag_critical_bytes', 1073741824);
+	v_warn_s	numeric := eds.setting_number('eds.lag_warn_seconds', 60);
+	v_crit_s	numeric := eds.setting_number('eds.lag_critical_seconds', 300);
+	v_etl_age	numeric := eds.setting_number('eds.etl_max_age', 30);
+	-- in seconds whatever unit it was set in (current_setting() shows the unit)
+	v_stall		numeric := coalesce((SELECT ps.setting::numeric FROM pg_settings ps WHERE ps.name = 'eds.etl_stall_warn'), 300);
+	r			record;
+	v_n			bigint;
+	v_m			bigint;
+	v_n2		integer;
+	v_ts		timestamptz;
+BEGIN
+	-- Role of this server.
+	check_name := 'role';
+	IF pg_is_in_recovery() THEN
+		status := 'ok'; value := 'standby';
+		message := 'This server is a streaming standby.';
+		RETURN NEXT;
+
+		-- On a standby: how old is the newest heartbeat replayed here?  This
+		-- compares the primary's clock (the heartbeat) with ours: it assumes
+		-- the clocks agree (NTP) and is only as exact as they are.
+		SELECT max(beat_at) INTO v_ts FROM eds.heartbeat;
+		check_name := 'replayed heartbeat';
+		value := coalesce(round(extract(epoch FROM now() - v_ts), 1)::text || ' s', 'none');
+		IF v_ts IS NULL THEN
+			status := 'unknown';
+			message := 'No heartbeat replayed yet: is the eds worker running on the primary?';
+		ELSIF now() - v_ts > make_interval(secs => v_crit_s) THEN
+			status := 'critical';
+			message := format('Replay is %s s behind the primary''s heartbeat; check pg_stat_wal_receiver and whether replay is paused (pg_is_wal_replay_paused()).', round(extract(epoch FROM now() - v_ts)));
+		ELSIF now() - v_ts > make_interval(secs => v_warn_s) THEN
+			status := 'warn';
+			message := format('Replay is %s s behind the primary''s heartbeat.', round(extract(epoch FROM now() - v_ts)));
+		ELSE
+			status := 'ok';
+			message := 'The primary''s heartbeat is replayed here in time (assumes synchronized clocks).';
+		END IF;
+		RETURN NEXT;
+		RETURN;
+	END IF;
+	status := 'ok'; value := 'primary'; message := 'This server is a primary.';
+	RETURN NEXT;
+
+	-- Freshness of the lag samples.
+	SELECT max(sampled_at) INTO v_ts FROM eds.replication_lag_history;
+	check_name := 'lag sampling';
+	value := coalesce(round(extract(epoch FROM now() - v_ts), 1)::text || ' s ago', 'never');
+	IF NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_type = 'physical')
+	   AND NOT EXISTS (SELECT FROM pg_stat_replication)
+	   AND coalesce(current_setting('eds.expected_replicas', true), '') = '' THEN
+		status := 'ok'; message := 'No replicas are configured or expected.';
+	ELSIF v_ts IS NULL OR now() - v_ts > make_interval(secs => 3 * v_interval) THEN
+		status := 'unknown';
+		message := 'No recent lag sample: check that eds is in shared_preload_libraries and eds.worker_database names this database, or run eds_sample_replication_lag().';
+	ELSE
+		status := 'ok'; message := 'The eds worker is sampling replication lag.';
+	END IF;
+	RETURN NEXT;
+
+	-- Each replica, from its latest sample.
+	-- Only a fresh sample describes the replicas (after a promotion the
+	-- old primary's last samples are replicated history, not the present).
+	FOR r IN SELECT * FROM eds.vw_replication_lag_current
+			  WHERE sampled_at >= coalesce(v_ts, now()) - make_interval(secs => v_interval)
+				AND v_ts > now() - make_interval(secs => 3 * v_interval)
+			  ORDER BY replica
+	LOOP
+		check_name := 'replica ' || r.replica;
+		value := format('%s, replay %s bytes behind, heartbeat %s', r.status,
+						coalesce(r.replay_lag_bytes::text, '?'),
+						coalesce(round(extract(epoch FROM r.heartbeat_lag), 1)::text || ' s', 'none'));
+		IF r.status = 'missing' THEN
+			status := 'critical';
+			message := format('Replica %s is expected (slot or eds.expected_replicas) but not connected; its slot %s WAL. Start it, or drop its slot if it is gone for good.',
+							  r.replica, CASE WHEN r.slot_retained_bytes IS NULL THEN 'holds no'
+											  ELSE 'holds ' || pg_size_pretty(r.slot_retained_bytes) || ' of' END);
+		ELSIF r.replay_lag_bytes >= v_crit_b OR r.heartbeat_lag >= make_interval(secs => v_crit_s) THEN
+			status := 'critical';
+			message := format('Replica %s is far behind: %s of WAL, heartbeat %s s old. Check its log, disk and network, and pg_is_wal_replay_paused() on it.',
+							  r.replica, pg_size_pretty(r.replay_lag_bytes), round(extract(epoch FROM r.heartbeat_lag)));
+		ELSIF r.replay_lag_bytes >= v_warn_b OR r.heartbeat_lag >= make_interval(secs => v_warn_s) THEN
+			status := 'warn';
+			message := format('Replica %s is behind: %s of WAL, heartbeat %s s old.', r.replica,
+							  pg_size_pretty(r.replay_lag_bytes), round(extract(epoch FROM r.heartbeat_lag)));
+		ELSIF r.status <> 'streaming' THEN
+			status := 'warn';
+			message := format('Replica %s is connected but %s, not streaming yet.', r.replica, r.status);
+		ELSE
+			status := 'ok';
+			message := CASE WHEN r.replay_lag_bytes = 0 THEN format('Replica %s is streaming and caught up.', r.replica)
+							ELSE format('Replica %s is streaming, within the lag limits.', r.replica) END;
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	-- Slots that hold WAL for nobody, or that lost it.
+	FOR r IN SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained
+			   FROM pg_replication_slots ORDER BY slot_name
+	LOOP
+		check_name := 'slot ' || r.slot_name;
+		value := format('%s, %s retained, wal_status %s', CASE WHEN r.active THEN 'active' ELSE 'inactive' END,
+						coalesce(pg_size_pretty(r.retained), 'nothing'), coalesce(r.wal_status, 'unknown'));
+		IF r.wal_status IN ('lost', 'unreserved') THEN
+			status := 'critical';
+			message := format('Slot %s has %s its WAL: its replica must be rebuilt (pg_basebackup).', r.slot_name,
+							  CASE r.wal_status WHEN 'lost' THEN 'lost' ELSE 'nearly lost' END);
+		ELSIF NOT r.active AND r.retained >= v_crit_b THEN
+			status := 'critical';
+			message := format('Inactive slot %s retains %s of WAL, which fills the primary''s disk. Reconnect its replica or drop the slot.',
+							  r.slot_name, pg_size_pretty(r.retained));
+		ELSIF NOT r.active THEN
+			status := 'warn';
+			message := format('Slot %s is inactive and retains %s WAL.', r.slot_name, coalesce(pg_size_pretty(r.retained) || ' of', 'no'));
+		ELSE
+			status := 'ok'; message := format('Slot %s is in use.', r.slot_name);
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	-- WAL archiving, judged against WAL actually waiting, so idle is not an alarm.
+	check_name := 'wal archiving';
+	IF current_setting('archive_mode') = 'off' THEN
+		status := 'warn'; value := 'off';
+		message := 'archive_mode is off: point-in-time recovery is not possible.';
+	ELSE
+		SELECT count(*) INTO v_n FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready';
+		SELECT a.failed_count, CASE WHEN a.last_failed_time > coalesce(a.last_archived_time, '-infinity') THEN 1 ELSE 0 END
+		  INTO v_m, v_n2 FROM pg_stat_archiver a;
+		value := format('%s segment(s) waiting, %s failure(s) in total', v_n, v_m);
+		IF v_n2 = 1 THEN
+			status := 'critical';
+			message := 'The last archive attempt failed: check archive_command and the archive''s disk (see the server log).';
+		ELSIF v_n > 10 THEN
+			status := 'warn';
+			message := format('%s WAL segments wait to be archived: archiving is falling behind.', v_n);
+		ELSE
+			status := 'ok';
+			message := 'WAL archiving keeps up (an idle server with nothing to archive is fine).';
+		END IF;
+	END IF;
+	RETURN NEXT;
+
+	-- The ETL, where this database is a warehouse.
+	IF EXISTS (SELECT FROM pg_foreign_server WHERE srvname = 'eds_source') OR EXISTS (SELECT FROM audit.etl_runs) THEN
+		SELECT * INTO r FROM audit.etl_runs er WHERE er.status IN ('success', 'failed') ORDER BY er.run_id DESC LIMIT 1;
+		check_name := 'etl';
+		IF r IS NULL THEN
+			status := 'warn'; value := 'no run yet';
+			message := 'The ETL source is declared but no run has finished: run SELECT eds_run_etl().';
+		ELSE
+			value := format('run %s %s, %s ago', r.run_id, r.status, date_trunc('second', now() - r.run_started_at));
+			IF r.status = 'failed' THEN
+				status := 'critical';
+				message := 'The last ETL run failed: ' || coalesce(r.error_message, '?') || ' (see audit.etl_runs).';
+			ELSIF now() - r.run_started_at > make_interval(mins => v_etl_age::integer) THEN
+				status := 'warn';
+				message := format('The last successful run is older than eds.etl_max_age (%s min): is the schedule running?', v_etl_age);
+			ELSE
+				status := 'ok'; message := 'The last ETL run succeeded recently.';
+			END IF;
+		END IF;
+		RETURN NEXT;
+
+		-- The window ends at the oldest transaction open on the source: a
+		-- forgotten one (an idle session, a prepared transaction) stops
+		-- loading while every run still succeeds.
+		SELECT * INTO r FROM audit.etl_runs er WHERE er.status = 'success' ORDER BY er.run_id DESC LIMIT 1;
+		IF FOUND THEN
+			check_name := 'etl window';
+			SELECT min(er.run_finished_at) INTO v_ts FROM audit.etl_runs er
+			 WHERE er.status = 'success' AND er.to_txid = r.to_txid;
+			value := format('at source transaction %s since %s', r.to_txid, date_trunc('second', now() - v_ts));
+			IF r.changes_waiting AND v_stall > 0 AND now() - v_ts > make_interval(secs => v_stall::double precision) THEN
+				status := 'warn';
+				message := format('The ETL window has not moved for %s while source changes wait (eds.etl_stall_warn is %s s): '
+								  'it is held by %s. End that transaction (COMMIT, ROLLBACK, or COMMIT/ROLLBACK PREPARED).',
+								  date_trunc('second', now() - v_ts), v_stall,
+								  coalesce(r.window_held_by, 'a transaction open on the source (on a replica it cannot be named)'));
+			ELSE
+				status := 'ok';
+				message := 'The ETL window moves with the source.';
+			END IF;
+			RETURN NEXT;
+		END IF;
+
+		check_name := 'etl schedule';
+		IF to_regclass('cron.job') IS NULL THEN
+			status := 'warn'; value := 'no pg_cron';
+			message := 'pg_cron is not installed here: nothing runs the ETL on a schedule.';
+		ELSIF NOT EXISTS (SELECT FROM cron.job cj WHERE cj.jobname = 'eds_etl') THEN
+			status := 'warn'; value := 'not scheduled';
+			message := 'No pg_cron job runs the ETL: SELECT eds_schedule_etl().';
+		ELSE
+			SELECT d.status INTO value FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+			 WHERE j.jobname = 'eds_etl' ORDER BY d.runid DESC LIMIT 1;
+			IF value = 'failed' THEN
+				status := 'warn';
+				message := 'The last scheduled ETL run failed: see cron.job_run_details and audit.etl_runs.';
+			ELSE
+				status := 'ok'; value := coalesce(value, 'scheduled');
+				message := 'pg_cron runs the ETL on its schedule.';
+			END IF;
+		END IF;
+		RETURN NEXT;
+	END IF;
+END
+$health$;
+COMMENT ON FUNCTION eds_health() IS
+	'Health checks with status ok / warn / critical / unknown and what to do: role, lag sampling, each replica, slots, WAL archiving, the ETL, its window and its schedule';
+REVOKE ALL ON FUNCTION eds_health() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds_health() TO pg_monitor;
+
+CREATE FUNCTION eds_metrics() RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT string_agg(line, E'\n' ORDER BY ord) || E'\n' FROM (
+		SELECT 1 AS ord, '# HELP eds_health_status eds_health() check: 0 ok, 1 warn, 2 critical, 3 unknown' AS line
+		UNION ALL SELECT 2, '# TYPE eds_health_status gauge'
+		UNION ALL
+		SELECT 3, format('eds_health_status{check="%s"} %s', replace(h.check_name, '"', ''''),
+						 CASE h.status WHEN 'ok' THEN 0 WHEN 'warn' THEN 1 WHEN 'critical' THEN 2 ELSE 3 END)
+		  FROM eds_health() h
+		UNION ALL SELECT 4, '# HELP eds_replica_replay_lag_bytes WAL bytes the replica has not replayed'
+		UNION ALL SELECT 5, '# TYPE eds_replica_replay_lag_bytes gauge'
+		UNION ALL
+		SELECT 6, format('eds_replica_replay_lag_bytes{replica="%s"} %s', c.replica, c.replay_lag_bytes)
+		  FROM eds.vw_replication_lag_current c WHERE c.replay_lag_bytes IS NOT NULL
+		UNION ALL SELECT 7, '# HELP eds_replica_heartbeat_lag_seconds Age of the newest heartbeat the replica has replayed'
+		UNION ALL SELECT 8, '# TYPE eds_replica_heartbeat_lag_seconds gauge'
+		UNION ALL
+		SELECT 9, format('eds_replica_heartbeat_lag_seconds{replica="%s"} %s', c.replica,
+						 round(extract(epoch FROM c.heartbeat_lag), 3))
+		  FROM eds.vw_replication_lag_current c WHERE c.heartbeat_lag IS NOT NULL
+		UNION ALL SELECT 10, '# HELP eds_replica_up 1 when the replica is connected'
+		UNION ALL SELECT 11, '# TYPE eds_replica_up gauge'
+		UNION ALL
+		SELECT 12, format('eds_replica_up{replica="%s"} %s', c.replica, CASE WHEN c.status = 'missing' THEN 0 ELSE 1 END)
+		  FROM eds.vw_replication_lag_current c
+	) m;
+END;
+COMMENT ON FUNCTION eds_metrics() IS 'eds_health() and per-replica lag in Prometheus text format';
+REVOKE ALL ON FUNCTION eds_metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds_metrics() TO pg_monitor;

@@ -32,6 +32,7 @@ static int	eds_lag_critical_bytes;
 static int	eds_lag_warn_seconds;
 static int	eds_lag_critical_seconds;
 static int	eds_etl_max_age;
+static int	eds_etl_stall_warn;
 
 void		_PG_init(void);
 
@@ -82,6 +83,12 @@ _PG_init(void)
 							"Minutes after which eds_health() warns that no ETL run succeeded.",
 							NULL, &eds_etl_max_age, 30, 1, INT_MAX,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eds.etl_stall_warn",
+							"How long the ETL window may stand still while source changes wait before eds_health() warns (0: never).",
+							"The window stops at the oldest transaction open on the source; audit.etl_runs.window_held_by names it.",
+							&eds_etl_stall_warn, 300, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("eds.source_timeout",
 							"Longest wait, in seconds, for any answer from the ETL source.",

@@ -51,6 +51,8 @@ extern void eds_progress_rows(int64 rows);
 extern void eds_progress_end(void);
 extern void eds_progress_committed(int64 token);
 extern bool eds_progress_is_committed(int64 token);
+extern void eds_progress_abandoned(int64 token, const char *why);
+extern char *eds_progress_abandoned_why(int64 token);
 
 /* etl.c: one run, inside the worker */
 extern int	eds_etl_run_retention;

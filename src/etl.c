@@ -681,7 +681,10 @@ eds_etl_run(int64 token)
 				psprintf("%s\nHint: %s", edata->detail, edata->hint) :
 				edata->detail ? edata->detail :
 				edata->hint ? psprintf("Hint: %s", edata->hint) : NULL;
-			const char *args[4] = {run_id_text, edata->message, detail, unpack_sql_state(edata->sqlerrcode)};
+			char	   *why = edata->sqlerrcode == ERRCODE_QUERY_CANCELED ? eds_progress_abandoned_why(token) : NULL;
+			const char *message = why ? psprintf("canceled: the caller of eds_run_etl() stopped waiting (%s)", why) :
+				edata->message;
+			const char *args[4] = {run_id_text, message, detail, unpack_sql_state(edata->sqlerrcode)};
 
 			etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
 					"error_message = $2, error_detail = $3, sqlstate = $4 WHERE run_id = $1::bigint", 4, args);

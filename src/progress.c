@@ -36,6 +36,8 @@ typedef struct EdsProgress
 	TimestampTz phase_started;
 	TimestampTz run_started;
 	int64		committed_token;	/* the last run whose result is committed */
+	int64		abandoned_token;	/* the last run whose caller stopped waiting */
+	char		abandoned_why[128]; /* the caller's error, e.g. a statement timeout */
 } EdsProgress;
 
 static EdsProgress *progress = NULL;
@@ -153,6 +155,37 @@ eds_progress_is_committed(int64 token)
 	committed = (progress->committed_token == token);
 	SpinLockRelease(&progress->mutex);
 	return committed;
+}
+
+/*
+ * The caller of the run with this token stopped waiting (cancel, statement
+ * timeout, lost connection): say why, so the worker, which only sees a
+ * cancel, records the real cause.
+ */
+void
+eds_progress_abandoned(int64 token, const char *why)
+{
+	if (!progress)
+		return;
+	SpinLockAcquire(&progress->mutex);
+	progress->abandoned_token = token;
+	strlcpy(progress->abandoned_why, why, sizeof(progress->abandoned_why));
+	SpinLockRelease(&progress->mutex);
+}
+
+/* Why the caller of this run stopped waiting, or NULL if it did not. */
+char *
+eds_progress_abandoned_why(int64 token)
+{
+	char	   *why = NULL;
+
+	if (!progress)
+		return NULL;
+	SpinLockAcquire(&progress->mutex);
+	if (progress->abandoned_token == token)
+		why = pstrdup(progress->abandoned_why);
+	SpinLockRelease(&progress->mutex);
+	return why;
 }
 
 Datum

@@ -67,6 +67,29 @@ eds_etl_worker_main(Datum main_arg)
 	proc_exit(0);
 }
 
+/*
+ * The library serves one version of the SQL objects: a database still on an
+ * older one (a new library installed, ALTER EXTENSION not yet run) would
+ * fail mid-run on a missing column; say what to do instead.
+ */
+static void
+etl_require_current_schema(void)
+{
+	char	   *version = NULL;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eds'", true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (version == NULL || strcmp(version, EDS_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("eds in this database is version %s, its library is %s", version ? version : "?", EDS_VERSION),
+				 errhint("Run ALTER EXTENSION eds UPDATE in this database (and on the source primary).")));
+	SPI_finish();
+}
+
 Datum
 eds_run_etl(PG_FUNCTION_ARGS)
 {
@@ -80,6 +103,7 @@ eds_run_etl(PG_FUNCTION_ARGS)
 	Datum		result;
 	Oid			argtypes[1] = {INT8OID};
 	Datum		values[1];
+	MemoryContext callercxt = CurrentMemoryContext;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "eds_run_etl must return a row");
@@ -91,6 +115,8 @@ eds_run_etl(PG_FUNCTION_ARGS)
 				 errmsg("eds_run_etl() cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
 				 errdetail("The run commits in its own worker; this transaction's snapshot could not see the result."),
 				 errhint("Call it in READ COMMITTED, the default, for example outside an explicit transaction block.")));
+
+	etl_require_current_schema();
 
 	/* The worker finds its run row by this token. */
 	if (!pg_strong_random(&token, sizeof(token)))
@@ -141,6 +167,11 @@ eds_run_etl(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
+		MemoryContext errcxt = MemoryContextSwitchTo(callercxt);
+		ErrorData  *edata = CopyErrorData();
+
+		MemoryContextSwitchTo(errcxt);
+		eds_progress_abandoned(token, edata->message);
 		if (pid > 0)
 			kill(pid, SIGINT);
 		PG_RE_THROW();
