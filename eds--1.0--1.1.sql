@@ -644,6 +644,7 @@ BEGIN
 	-- The planner must know how small (or large) this run is.
 	ANALYZE staging.stg_loan_products, staging.stg_customers, staging.stg_loans, staging.stg_payments;
 
+	PERFORM eds.record_lossy_rows(p_run_id);
 	customers := eds.merge_dim_customer(p_source_time);
 	loans := eds.merge_dim_loan();
 	payments := eds.merge_fact_payments(p_run_id, p_full, p_payments_read);
@@ -690,16 +691,18 @@ REVOKE ALL ON FUNCTION eds_etl_resync() FROM PUBLIC;
 -- Both sides compute the same digests: rows in 256 buckets by key, each
 -- bucket's rows as text in key order, hashed.  Times are compared as epoch
 -- seconds and dates as ISO text, so the two sessions' TimeZone and DateStyle
--- do not matter.  Payments the warehouse rules refuse (eds.payment_problem)
--- are in audit.etl_rejects, not in the facts: the source leaves them out.
+-- do not matter, and text is hashed as UTF8 after the source replaced what
+-- the warehouse encoding (the session's client_encoding) cannot hold, as the
+-- ETL does.  Payments the warehouse rules refuse (eds.payment_problem) are
+-- in audit.etl_rejects, not in the facts: the source leaves them out.
 DROP FUNCTION eds.reconcile_source_figures();
 DROP FUNCTION eds.reconcile_warehouse_figures();
 
 CREATE FUNCTION eds.digest_bucket(rows_text text) RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-RETURN ('x' || left(md5(rows_text), 12))::bit(48)::bigint;
-COMMENT ON FUNCTION eds.digest_bucket(text) IS 'eds_reconcile(): a 48-bit number from the text of one bucket of rows';
+RETURN ('x' || left(md5(convert_to(rows_text, 'UTF8')), 12))::bit(48)::bigint;
+COMMENT ON FUNCTION eds.digest_bucket(text) IS 'eds_reconcile(): a 48-bit number from the text of one bucket of rows (hashed as UTF8, whatever the database encoding)';
 REVOKE ALL ON FUNCTION eds.digest_bucket(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eds.digest_bucket(text) TO etl_reader;
 
@@ -740,18 +743,24 @@ AS $src$
 	  FROM payments GROUP BY 2
 	UNION ALL
 	SELECT 'customer attributes', (customer_id % 256)::text,
-		   eds.digest_bucket(string_agg(concat_ws('|', customer_id, full_name, email, phone, city, country, segment),
-										',' ORDER BY customer_id))
+		   eds.digest_bucket(eds.encodable_text(
+			   string_agg(concat_ws('|', customer_id, full_name, email, phone, city, country, segment),
+						  ',' ORDER BY customer_id), current_setting('client_encoding')))
 	  FROM operational.customers GROUP BY customer_id % 256
 	UNION ALL
 	SELECT 'loan attributes', (l.loan_id % 256)::text,
 		   eds.digest_bucket(string_agg(concat_ws('|', l.loan_id, l.customer_id, p.product_name, p.product_type,
 												  l.amount, l.interest_rate, l.tenure_months, l.status,
-												  l.outstanding_balance, l.branch_code, l.loan_officer,
+												  l.outstanding_balance,
+												  eds.encodable_text(l.branch_code, current_setting('client_encoding')),
+												  eds.encodable_text(l.loan_officer, current_setting('client_encoding')),
 												  extract(epoch FROM l.disbursed_at),
 												  to_char(l.maturity_date, 'YYYY-MM-DD')),
 										',' ORDER BY l.loan_id))
-	  FROM operational.loans l LEFT JOIN operational.loan_products p USING (product_id)
+	  FROM operational.loans l
+	  LEFT JOIN (SELECT product_id, eds.encodable_text(product_name, current_setting('client_encoding')) AS product_name,
+						eds.encodable_text(product_type, current_setting('client_encoding')) AS product_type
+				   FROM operational.loan_products) p USING (product_id)
 	 GROUP BY l.loan_id % 256
 	UNION ALL
 	SELECT 'payment attributes', (payment_id % 256)::text,
@@ -1131,3 +1140,56 @@ END;
 COMMENT ON FUNCTION eds_metrics() IS 'eds_health() and per-replica lag in Prometheus text format';
 REVOKE ALL ON FUNCTION eds_metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eds_metrics() TO pg_monitor;
+
+-- ===========================================================================
+-- Text the warehouse encoding cannot hold
+-- ===========================================================================
+CREATE FUNCTION eds.encodable_text(value text, target_encoding name) RETURNS text
+	LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'eds_encodable_text';
+COMMENT ON FUNCTION eds.encodable_text(text, name) IS
+	'The value with each character that target_encoding cannot represent replaced by ?: the ETL extracts text this way when the warehouse encoding is narrower than the source''s';
+REVOKE ALL ON FUNCTION eds.encodable_text(text, name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds.encodable_text(text, name) TO etl_reader;
+
+-- Rows whose text was loaded with replacements say so in audit.etl_rejects.
+ALTER TABLE staging.stg_customers ADD COLUMN lossy boolean NOT NULL DEFAULT false;
+ALTER TABLE staging.stg_loans ADD COLUMN lossy boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN audit.etl_rejects.reason IS
+	'Why the row was not loaded, or (for text the warehouse encoding cannot hold) how it was loaded';
+
+-- Staged rows whose text came with replacements: recorded once per row
+-- version, so a customer staged by many runs is not reported by each.
+CREATE FUNCTION eds.record_lossy_rows(p_run_id bigint) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $lossy$
+DECLARE
+	v_reason text := format('loaded with ? for characters the warehouse encoding (%s) cannot hold',
+							pg_catalog.getdatabaseencoding());
+	n1 bigint;
+	n2 bigint;
+BEGIN
+	INSERT INTO audit.etl_rejects (run_id, table_name, source_key, reason, row_data)
+	SELECT p_run_id, 'customers', s.customer_id, v_reason, x.row_data
+	  FROM staging.stg_customers s,
+		   LATERAL (SELECT to_jsonb(s) - 'is_deleted' - 'touched' - 'lossy' AS row_data) x
+	 WHERE s.lossy AND NOT s.is_deleted
+	   AND NOT EXISTS (SELECT FROM audit.etl_rejects r
+					    WHERE r.table_name = 'customers' AND r.source_key = s.customer_id
+						  AND r.reason = v_reason AND r.row_data = x.row_data);
+	GET DIAGNOSTICS n1 = ROW_COUNT;
+	INSERT INTO audit.etl_rejects (run_id, table_name, source_key, reason, row_data)
+	SELECT p_run_id, 'loans', s.loan_id, v_reason, x.row_data
+	  FROM staging.stg_loans s,
+		   LATERAL (SELECT to_jsonb(s) - 'is_deleted' - 'touched' - 'lossy' AS row_data) x
+	 WHERE s.lossy AND NOT s.is_deleted
+	   AND NOT EXISTS (SELECT FROM audit.etl_rejects r
+					    WHERE r.table_name = 'loans' AND r.source_key = s.loan_id
+						  AND r.reason = v_reason AND r.row_data = x.row_data);
+	GET DIAGNOSTICS n2 = ROW_COUNT;
+	RETURN n1 + n2;
+END
+$lossy$;
+COMMENT ON FUNCTION eds.record_lossy_rows(bigint) IS
+	'ETL merge step: records in audit.etl_rejects the staged customers and loans whose text was loaded with replacement characters';
+REVOKE ALL ON FUNCTION eds.record_lossy_rows(bigint) FROM PUBLIC;

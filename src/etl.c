@@ -36,6 +36,7 @@
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_relation.h"
@@ -168,21 +169,71 @@ etl_copy_into(const char *stage_table, const char *const *columns, const char *q
 static const char *const product_cols[] = {"product_id", "product_name", "product_type", NULL};
 static const char *const customer_cols[] = {
 	"customer_id", "full_name", "email", "phone", "national_id", "city", "country", "segment",
-	"created_at", "updated_at", "is_deleted", "touched", NULL};
+	"created_at", "updated_at", "lossy", "is_deleted", "touched", NULL};
 static const char *const loan_cols[] = {
 	"loan_id", "customer_id", "product_id", "amount", "interest_rate", "tenure_months", "status",
 	"outstanding_balance", "disbursed_at", "maturity_date", "loan_officer", "branch_code",
-	"created_at", "updated_at", "is_deleted", "touched", NULL};
+	"created_at", "updated_at", "lossy", "is_deleted", "touched", NULL};
 static const char *const payment_cols[] = {
 	"payment_id", "loan_id", "amount", "principal_portion", "interest_portion", "penalty_portion",
 	"payment_method", "payment_date", "created_at", "updated_at", "is_deleted", "touched", NULL};
 
-#define CUSTOMER_SELECT \
-	"c.full_name, c.email, c.phone, c.national_id, c.city, c.country, c.segment, c.created_at, c.updated_at"
-#define LOAN_SELECT \
-	"l.customer_id, l.product_id, l.amount, l.interest_rate, l.tenure_months, l.status, " \
-	"l.outstanding_balance, l.disbursed_at, l.maturity_date, l.loan_officer, l.branch_code, " \
-	"l.created_at, l.updated_at"
+/*
+ * The warehouse encoding, when the source's text may hold characters it
+ * cannot (NULL otherwise): then free text is extracted through
+ * eds.encodable_text() and such rows are flagged lossy.
+ */
+static const char *extract_encoding = NULL;
+
+static void
+etl_choose_extract_encoding(PGconn *conn)
+{
+	const char *source_encoding = PQparameterStatus(conn, "server_encoding");
+	int			here = GetDatabaseEncoding();
+
+	extract_encoding = NULL;
+	if (here != PG_UTF8 && here != PG_SQL_ASCII &&
+		(source_encoding == NULL || pg_char_to_encoding(source_encoding) != here))
+		extract_encoding = GetDatabaseEncodingName();
+}
+
+/* A free-text column as extracted, and the lossy flag over a row's columns. */
+static char *
+etl_text(const char *column)
+{
+	if (extract_encoding == NULL)
+		return pstrdup(column);
+	return psprintf("eds.encodable_text(%s, '%s')", column, extract_encoding);
+}
+
+static char *
+etl_lossy(const char *columns)
+{
+	if (extract_encoding == NULL)
+		return pstrdup("false");
+	return psprintf("coalesce(eds.encodable_text(concat_ws(E'\\x1f', %s), '%s') <> concat_ws(E'\\x1f', %s), false)",
+					columns, extract_encoding, columns);
+}
+
+static char *
+etl_customer_select(void)
+{
+	return psprintf("%s, %s, %s, %s, %s, %s, c.segment, c.created_at, c.updated_at, %s",
+					etl_text("c.full_name"), etl_text("c.email"), etl_text("c.phone"),
+					etl_text("c.national_id"), etl_text("c.city"), etl_text("c.country"),
+					etl_lossy("c.full_name, c.email, c.phone, c.national_id, c.city, c.country"));
+}
+
+static char *
+etl_loan_select(void)
+{
+	return psprintf("l.customer_id, l.product_id, l.amount, l.interest_rate, l.tenure_months, l.status, "
+					"l.outstanding_balance, l.disbursed_at, l.maturity_date, %s, %s, "
+					"l.created_at, l.updated_at, %s",
+					etl_text("l.loan_officer"), etl_text("l.branch_code"),
+					etl_lossy("l.loan_officer, l.branch_code"));
+}
+
 #define PAYMENT_SELECT \
 	"p.loan_id, p.amount, p.principal_portion, p.interest_portion, p.penalty_portion, " \
 	"p.payment_method, p.payment_date, p.created_at, p.updated_at"
@@ -210,15 +261,16 @@ etl_extract(const char *from, const char *to, bool everything, int64 *rows)
 	rows[4] = etl_copy_into("stg_lag_history", NULL, psprintf(
 		"SELECT * FROM eds.replication_lag_history WHERE sample_id > %s", lag_from));
 
-	rows[0] = etl_copy_into("stg_loan_products", product_cols,
-							"SELECT product_id, product_name, product_type FROM operational.loan_products");
+	rows[0] = etl_copy_into("stg_loan_products", product_cols, psprintf(
+		"SELECT product_id, %s, %s FROM operational.loan_products",
+		etl_text("product_name"), etl_text("product_type")));
 	if (everything)
 	{
 		/* First load or resync: every row in the snapshot. */
-		rows[1] = etl_copy_into("stg_customers", customer_cols,
-								"SELECT c.customer_id, " CUSTOMER_SELECT ", false, true FROM operational.customers c");
-		rows[2] = etl_copy_into("stg_loans", loan_cols,
-								"SELECT l.loan_id, " LOAN_SELECT ", false, true FROM operational.loans l");
+		rows[1] = etl_copy_into("stg_customers", customer_cols, psprintf(
+			"SELECT c.customer_id, %s, false, true FROM operational.customers c", etl_customer_select()));
+		rows[2] = etl_copy_into("stg_loans", loan_cols, psprintf(
+			"SELECT l.loan_id, %s, false, true FROM operational.loans l", etl_loan_select()));
 		rows[3] = etl_copy_into("stg_payments", payment_cols,
 								"SELECT p.payment_id, " PAYMENT_SELECT ", false, true FROM operational.payments p");
 		return;
@@ -233,22 +285,23 @@ etl_extract(const char *from, const char *to, bool everything, int64 *rows)
 	rows[1] = etl_copy_into("stg_customers", customer_cols, psprintf(
 		"WITH ch AS (%s), lk AS (%s), "
 		"k AS (SELECT pk, bool_or(t) AS touched FROM ("
-		"  SELECT pk, op <> 'I' AS t FROM ch WHERE table_name = 'customers' "
+		"  SELECT pk, true AS t FROM ch WHERE table_name = 'customers' "
 		"  UNION ALL SELECT l.customer_id, false FROM lk JOIN operational.loans l ON l.loan_id = lk.pk"
 		") x GROUP BY pk) "
-		"SELECT k.pk, " CUSTOMER_SELECT ", c.customer_id IS NULL, k.touched "
-		"FROM k LEFT JOIN operational.customers c ON c.customer_id = k.pk", changed, loan_keys));
+		"SELECT k.pk, %s, c.customer_id IS NULL, k.touched "
+		"FROM k LEFT JOIN operational.customers c ON c.customer_id = k.pk", changed, loan_keys,
+		etl_customer_select()));
 	rows[2] = etl_copy_into("stg_loans", loan_cols, psprintf(
 		"WITH ch AS (%s), "
 		"k AS (SELECT pk, bool_or(t) AS touched FROM ("
-		"  SELECT pk, op <> 'I' AS t FROM ch WHERE table_name = 'loans' "
+		"  SELECT pk, true AS t FROM ch WHERE table_name = 'loans' "
 		"  UNION ALL SELECT p.loan_id, false FROM ch JOIN operational.payments p "
 		"  ON p.payment_id = ch.pk WHERE ch.table_name = 'payments'"
 		") x GROUP BY pk) "
-		"SELECT k.pk, " LOAN_SELECT ", l.loan_id IS NULL, k.touched "
-		"FROM k LEFT JOIN operational.loans l ON l.loan_id = k.pk", changed));
+		"SELECT k.pk, %s, l.loan_id IS NULL, k.touched "
+		"FROM k LEFT JOIN operational.loans l ON l.loan_id = k.pk", changed, etl_loan_select()));
 	rows[3] = etl_copy_into("stg_payments", payment_cols, psprintf(
-		"WITH k AS (SELECT pk, bool_or(op <> 'I') AS touched FROM eds.change_log "
+		"WITH k AS (SELECT pk, true AS touched FROM eds.change_log "
 		"  WHERE table_name = 'payments' AND %s GROUP BY pk) "
 		"SELECT k.pk, " PAYMENT_SELECT ", p.payment_id IS NULL, k.touched "
 		"FROM k LEFT JOIN operational.payments p ON p.payment_id = k.pk", window));
@@ -425,7 +478,7 @@ etl_load(int64 run_id, const char *run_id_text)
 	etl_begin();
 	eds_progress_phase("connect", NULL);
 	source_desc = eds_remote_describe();
-	eds_remote_connect();
+	etl_choose_extract_encoding(eds_remote_connect());
 	etl_open_snapshot(&sp);
 	ms_connect = etl_ms_since(t0);
 
