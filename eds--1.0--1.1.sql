@@ -63,7 +63,8 @@ INSERT INTO eds.fact_payment_keys SELECT payment_id, payment_date FROM warehouse
 SELECT pg_catalog.pg_extension_config_dump('eds.fact_payment_keys', '');
 
 -- The products as last loaded, so a renamed product is found without
--- scanning the loans.
+-- scanning the loans.  A cache: not dumped (a restored warehouse's first
+-- run compares every product with dim_loan once).
 CREATE TABLE eds.loan_products_loaded (
 	product_id		integer PRIMARY KEY,
 	product_name	text,
@@ -71,7 +72,6 @@ CREATE TABLE eds.loan_products_loaded (
 );
 COMMENT ON TABLE eds.loan_products_loaded IS
 	'The source''s loan products as the warehouse last loaded them: a product whose name or type changed is applied to every dim_loan row of the product';
-SELECT pg_catalog.pg_extension_config_dump('eds.loan_products_loaded', '');
 
 ALTER TABLE warehouse.dim_loan ADD COLUMN product_id integer;
 COMMENT ON COLUMN warehouse.dim_loan.product_id IS 'Source id of the loan product (operational.loan_products)';
@@ -356,6 +356,8 @@ BEGIN
 			 customer_segment, loan_status, branch_code)
 		SELECT * FROM eds_payment_target;
 		GET DIAGNOSTICS p_new = ROW_COUNT;
+		-- The map follows the facts: a reload from scratch starts it anew.
+		TRUNCATE eds.fact_payment_keys;
 		INSERT INTO eds.fact_payment_keys SELECT payment_id, payment_date FROM eds_payment_target;
 		PERFORM eds.index_fact_partitions();
 		RETURN jsonb_build_object('read', p_payments_read, 'inserted', p_new, 'updated', 0,

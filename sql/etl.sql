@@ -63,7 +63,7 @@ UPDATE operational.customers SET city = 'Kisumu' WHERE customer_id = :mover;  --
 UPDATE operational.customers SET email = 'fixed@x.ke' WHERE customer_id = 2; -- type 1: corrected in place
 UPDATE operational.customers SET segment = 'sme', city = 'Nyeri' WHERE customer_id = 3;
 DELETE FROM operational.payments WHERE payment_id = 10;
-UPDATE operational.payments SET payment_method = 'cheque' WHERE payment_id = 11;
+UPDATE operational.payments SET payment_method = 'online' WHERE payment_id = 11;
 INSERT INTO operational.customers (full_name, email, segment, city) VALUES ('Baraka Imani', 'baraka@x.ke', 'retail', 'Meru');
 INSERT INTO operational.loans (customer_id, product_id, amount, interest_rate, tenure_months, status, outstanding_balance, disbursed_at)
 SELECT customer_id, (SELECT min(product_id) FROM operational.loan_products), 50000, 14, 12, 'active', 50000, now()
@@ -102,10 +102,11 @@ SELECT m.method_code FROM warehouse.fact_payments f JOIN warehouse.dim_payment_m
 SELECT count(*) AS deleted_payment_facts FROM warehouse.fact_payments WHERE payment_id = 10;
 SELECT table_name, reason, row_data->>'payment_date' AS payment_date FROM audit.etl_rejects;
 
--- Reconcile shows exactly the rejected payment, and nothing else.
+-- Reconcile compares what the warehouse rules accept: the rejected payment
+-- is in audit.etl_rejects, and reconcile is clean.
 SELECT * FROM eds_reconcile();
 
--- Fix it on the source: the next run loads it and reconcile is clean.
+-- Fix it on the source: the next run loads it.
 UPDATE operational.payments SET payment_date = '2023-06-30' WHERE payment_date = '2017-06-30';
 SELECT status, rows_read, rows_inserted, rows_rejected FROM eds_run_etl();
 SELECT * FROM eds_reconcile();
@@ -188,7 +189,9 @@ SELECT has_table_privilege('warehouse_reader', 'warehouse.fact_payments', 'INSER
 
 -- Clean up for later files.
 DROP SERVER eds_source CASCADE;
-TRUNCATE warehouse.fact_payments, warehouse.fact_loans, warehouse.dim_loan, warehouse.dim_customer,
+TRUNCATE warehouse.fact_payments, eds.fact_payment_keys, warehouse.fact_loans, warehouse.dim_loan, warehouse.dim_customer,
 	audit.etl_state, audit.etl_runs, audit.etl_rejects, eds.etl_consumers, eds.change_log,
 	eds.change_log_horizon, operational.payments, operational.loans, operational.customers,
 	operational.loan_products, operational.audit_log, eds.payments_by_month, eds.customer_payment_totals;
+-- The truncate of the operational tables was itself captured.
+TRUNCATE eds.change_log;

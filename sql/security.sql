@@ -84,8 +84,10 @@ SET eds.lag_sample_interval = 0;
 SET eds.no_such_setting = 1;
 
 DROP SERVER eds_source CASCADE;
-TRUNCATE warehouse.fact_payments, warehouse.fact_loans, warehouse.dim_loan, warehouse.dim_customer,
+TRUNCATE warehouse.fact_payments, eds.fact_payment_keys, warehouse.fact_loans, warehouse.dim_loan, warehouse.dim_customer,
 	warehouse.replication_lag_history, audit.etl_state, audit.etl_runs, audit.etl_rejects,
 	eds.etl_consumers, eds.change_log, eds.change_log_horizon, operational.payments, operational.loans,
 	operational.customers, operational.loan_products, operational.audit_log, eds.payments_by_month,
 	eds.customer_payment_totals;
+-- The truncate of the operational tables was itself captured.
+TRUNCATE eds.change_log;

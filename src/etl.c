@@ -544,9 +544,14 @@ etl_load(int64 run_id, const char *run_id_text)
 	/*
 	 * An incremental run that staged no change has nothing to merge: the
 	 * merge's fixed cost (temporary tables, ANALYZE, a dozen statements)
-	 * would be most of a no-change run.
+	 * would be most of a no-change run.  Products are read whole every run;
+	 * one that changed is a change.
 	 */
-	merged = full || resync || rows[1] + rows[2] + rows[3] > 0;
+	merged = full || resync || rows[1] + rows[2] + rows[3] > 0 ||
+		etl_sql("SELECT 1 WHERE EXISTS (SELECT FROM staging.stg_loan_products p "
+				"FULL JOIN eds.loan_products_loaded o USING (product_id) "
+				"WHERE (o.product_name, o.product_type) IS DISTINCT FROM (p.product_name, p.product_type))",
+				0, NULL) != NULL;
 	if (!merged)
 	{
 		counts = psprintf("{\"customers\": {\"read\": 0, \"inserted\": 0, \"updated\": 0, \"new_versions\": 0, \"deleted\": 0}, "
