@@ -18,8 +18,8 @@
  *   - dim_loan.product_id and eds.loan_products_loaded, so a product rename
  *     reaches every loan of the product;
  *   - the source's identity is remembered, and a different one refused;
- *   - fact_loans.total_paid is unbounded numeric (a sum of numeric(14,2)
- *     payments has no fixed bound);
+ *   - fact_loans.total_paid is numeric(30,2) (numeric(16,2) overflowed on
+ *     a large loan and stopped every run);
  *   - a stalled window says what holds it (audit.etl_runs.window_held_by)
  *     and eds_health() warns after eds.etl_stall_warn;
  *   - eds_reconcile() compares digests of every copied attribute.
@@ -77,9 +77,11 @@ ALTER TABLE warehouse.dim_loan ADD COLUMN product_id integer;
 COMMENT ON COLUMN warehouse.dim_loan.product_id IS 'Source id of the loan product (operational.loan_products)';
 CREATE INDEX dim_loan_product_id_idx ON warehouse.dim_loan (product_id);
 
--- A sum of payments has no fixed bound: numeric(16,2) overflowed ("numeric
--- field overflow") and stopped every run.
-ALTER TABLE warehouse.fact_loans ALTER COLUMN total_paid TYPE numeric;
+-- numeric(16,2) overflowed ("numeric field overflow") on a loan paid more
+-- than 10^14 in total and stopped every run; 28 digits before the point
+-- hold the sum of more payments of the largest numeric(14,2) amount than a
+-- loan could have.
+ALTER TABLE warehouse.fact_loans ALTER COLUMN total_paid TYPE numeric(30,2);
 
 -- What a run resyncs, and which source the warehouse was loaded from.
 ALTER TABLE audit.etl_state DROP COLUMN probe_inserts;
@@ -1195,3 +1197,24 @@ $lossy$;
 COMMENT ON FUNCTION eds.record_lossy_rows(bigint) IS
 	'ETL merge step: records in audit.etl_rejects the staged customers and loans whose text was loaded with replacement characters';
 REVOKE ALL ON FUNCTION eds.record_lossy_rows(bigint) FROM PUBLIC;
+
+-- ===========================================================================
+-- A warehouse that reads a replica is a consumer of its primary
+-- ===========================================================================
+CREATE FUNCTION eds_set_source_primary(conninfo text) RETURNS text
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eds_set_source_primary';
+COMMENT ON FUNCTION eds_set_source_primary(text) IS
+	'Declares the primary behind a replica ETL source (foreign server eds_source_primary): runs from the replica register and acknowledge there, so the primary never purges changes this warehouse has not loaded';
+REVOKE ALL ON FUNCTION eds_set_source_primary(text) FROM PUBLIC;
+
+-- Whether the source knows a consumer (the ETL asks a replica before
+-- reading it); the consumers themselves stay hidden from etl_reader.
+CREATE FUNCTION eds.etl_is_consumer(p_consumer text) RETURNS boolean
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN EXISTS (SELECT FROM eds.etl_consumers c WHERE c.consumer = p_consumer);
+COMMENT ON FUNCTION eds.etl_is_consumer(text) IS
+	'Whether this source (or the primary it replicates) records the given warehouse as a consumer of its change log';
+REVOKE ALL ON FUNCTION eds.etl_is_consumer(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eds.etl_is_consumer(text) TO etl_reader;

@@ -38,6 +38,8 @@ extern void eds_insert_as_owner(SPIPlanPtr *plan, const char *sql, int nargs, Oi
 extern int	eds_source_timeout;
 extern int	eds_source_connect_timeout;
 extern PGconn *eds_remote_connect(void);
+extern PGconn *eds_remote_connect_to(const char *servername);
+extern bool eds_remote_server_exists(const char *servername);
 extern void eds_remote_disconnect(void);
 extern char *eds_remote_describe(void);
 extern PGresult *eds_remote_exec(const char *sql, ExecStatusType expected, const char *what);

@@ -430,6 +430,56 @@ etl_window_has_truncate(const char *from, const char *to)
 
 /* ---------------------------------------------------------------- the run */
 
+#define PRIMARY_SERVER "eds_source_primary"
+
+/* This warehouse's name in the source's eds.etl_consumers. */
+static char *
+etl_consumer_name(void)
+{
+	return etl_sql("SELECT system_identifier::text || '/' || current_database() FROM pg_control_system()", 0, NULL);
+}
+
+/*
+ * A replica cannot record who reads it, so the primary would purge changes
+ * this warehouse has not loaded.  Before reading a replica the warehouse
+ * must be a consumer on the primary: registered there through
+ * eds_source_primary at watermark 0 (which holds every purge until the
+ * first acknowledgement), or refused.  Returns whether it had to register
+ * (then the caller reopens its snapshot on the replica).
+ */
+static bool
+etl_ensure_consumer(const SourcePoint *sp)
+{
+	char	   *consumer = etl_consumer_name();
+	PGresult   *res;
+	bool		known;
+
+	res = eds_remote_exec(psprintf("SELECT eds.etl_is_consumer(%s)",
+								   quote_literal_cstr(consumer)),
+						  PGRES_TUPLES_OK, "looking for this warehouse among the source's consumers");
+	known = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	if (known)
+		return false;
+	if (!eds_remote_server_exists(PRIMARY_SERVER))
+	{
+		eds_remote_disconnect();
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the ETL source is a replica, and this warehouse is not a consumer of its primary"),
+				 errdetail("The primary purges its change log below what its known consumers have loaded; "
+						   "it does not know %s, so it could purge changes this warehouse still needs.", consumer),
+				 errhint("Declare the primary with SELECT eds_set_source_primary('host=... port=... dbname=... user=... "
+						 "password=...'), or run the ETL once from the primary.")));
+	}
+	eds_remote_disconnect();
+	eds_remote_connect_to(PRIMARY_SERVER);
+	PQclear(eds_remote_exec(psprintf("SELECT eds.etl_acknowledge(%s, '0'::xid8, NULL, 0)", quote_literal_cstr(consumer)),
+							PGRES_TUPLES_OK, "registering this warehouse as a consumer of the primary"));
+	eds_remote_disconnect();
+	return true;
+}
+
 /*
  * Refuse a source that is not the one this warehouse was loaded from: its
  * transaction ids, and so the watermark, mean nothing there.
@@ -449,11 +499,19 @@ etl_check_source_identity(const char *loaded_from, const SourcePoint *sp)
 					 "is meant to replace it, run SELECT eds_etl_resync() and then eds_run_etl().")));
 }
 
+/* Where a committed run records its extract: nowhere, the source, or the primary behind it. */
+typedef enum EtlAcknowledge
+{
+	ACK_NONE,
+	ACK_SOURCE,
+	ACK_PRIMARY
+} EtlAcknowledge;
+
 /*
  * The load transaction: extract, merge, move the watermark, mark success.
- * Returns whether the source was a primary (then its bookkeeping is ours).
+ * Returns where to acknowledge what was loaded.
  */
-static bool
+static EtlAcknowledge
 etl_load(int64 run_id, const char *run_id_text)
 {
 	TimestampTz t0 = GetCurrentTimestamp();
@@ -474,12 +532,18 @@ etl_load(int64 run_id, const char *run_id_text)
 	bool		noop = false;
 	bool		merged = true;
 	char	   *note = NULL;
+	EtlAcknowledge ack;
 
 	etl_begin();
 	eds_progress_phase("connect", NULL);
 	source_desc = eds_remote_describe();
 	etl_choose_extract_encoding(eds_remote_connect());
 	etl_open_snapshot(&sp);
+	if (sp.is_replica && etl_ensure_consumer(&sp))
+	{
+		eds_remote_connect();
+		etl_open_snapshot(&sp);
+	}
 	ms_connect = etl_ms_since(t0);
 
 	watermark = etl_sql("SELECT watermark::text FROM audit.etl_state", 0, NULL);
@@ -607,17 +671,21 @@ etl_load(int64 run_id, const char *run_id_text)
 				"rows_rejected = ($9::jsonb #>> '{payments,rejected}')::bigint "
 				"WHERE run_id = $1::bigint", 14, args);
 	}
+	/* Decided before the commit: the catalog is only readable in a transaction. */
+	ack = noop ? ACK_NONE : !sp.is_replica ? ACK_SOURCE :
+		eds_remote_server_exists(PRIMARY_SERVER) ? ACK_PRIMARY : ACK_NONE;
 	etl_commit();
-	return !sp.is_replica && !noop;
+	return ack;
 }
 
 /*
- * After the warehouse commit: tell the source how far this warehouse has
- * read and let it purge what every consumer has loaded.  Best effort: a
- * failure here loses nothing (the next run repeats it), so it only warns.
+ * After the warehouse commit: tell the source (or, for a replica, its
+ * primary) how far this warehouse has read and let it purge what every
+ * consumer has loaded.  Best effort: a failure here loses nothing (the next
+ * run repeats it), so it only warns.
  */
 static void
-etl_acknowledge(const char *run_id_text)
+etl_acknowledge(const char *run_id_text, EtlAcknowledge where)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 
@@ -626,16 +694,37 @@ etl_acknowledge(const char *run_id_text)
 		char	   *consumer;
 		char	   *watermark;
 		char	   *rows;
+		char	   *loaded_from;
 		char	   *sql;
 
 		etl_begin();
-		consumer = etl_sql("SELECT system_identifier::text || '/' || current_database() FROM pg_control_system()",
-						   0, NULL);
+		consumer = etl_consumer_name();
+		loaded_from = etl_sql("SELECT source_id FROM audit.etl_state", 0, NULL);
 		watermark = etl_sql("SELECT watermark::text FROM audit.etl_state", 0, NULL);
 		rows = etl_sql("SELECT coalesce(rows_read, 0)::text FROM audit.etl_runs WHERE run_id = $1::bigint",
 					   1, &run_id_text);
+		/* Connecting reads the catalog (server, user mapping): in the transaction. */
+		if (where == ACK_PRIMARY)
+		{
+			eds_remote_disconnect();
+			eds_remote_connect_to(PRIMARY_SERVER);
+		}
 		etl_commit();
 
+		if (where == ACK_PRIMARY)
+		{
+			PGresult   *res;
+
+			res = eds_remote_exec("SELECT pg_is_in_recovery(), system_identifier::text || '/' || current_database() "
+								  "FROM pg_control_system()", PGRES_TUPLES_OK, "checking the primary");
+			if (strcmp(PQgetvalue(res, 0, 0), "t") == 0 || !loaded_from ||
+				strcmp(PQgetvalue(res, 0, 1), loaded_from) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("eds_source_primary is not the primary of the replica the run read"),
+						 errhint("Declare the replica's primary with eds_set_source_primary().")));
+			PQclear(res);
+		}
 		sql = psprintf("SELECT eds.etl_acknowledge(%s, '%s'::xid8, %s, %s)",
 					   quote_literal_cstr(consumer), watermark, run_id_text, rows);
 		PQclear(eds_remote_exec(sql, PGRES_TUPLES_OK, "recording the extract on the source"));
@@ -685,7 +774,7 @@ eds_etl_run(int64 token)
 	char	   *run_id_text;
 	int64		run_id;
 	MemoryContext runcxt = CurrentMemoryContext;
-	bool		source_is_primary = false;
+	EtlAcknowledge acknowledge = ACK_NONE;
 
 	/* One run at a time: a session lock, held until this worker exits. */
 	etl_begin();
@@ -719,7 +808,7 @@ eds_etl_run(int64 token)
 
 	PG_TRY();
 	{
-		source_is_primary = etl_load(run_id, run_id_text);
+		acknowledge = etl_load(run_id, run_id_text);
 	}
 	PG_CATCH();
 	{
@@ -777,8 +866,8 @@ eds_etl_run(int64 token)
 	}
 	pgstat_report_activity(STATE_RUNNING, psprintf("eds ETL run %s: housekeeping", run_id_text));
 
-	if (source_is_primary)
-		etl_acknowledge(run_id_text);
+	if (acknowledge != ACK_NONE)
+		etl_acknowledge(run_id_text, acknowledge);
 	eds_remote_disconnect();
 	etl_prune_history();
 	pgstat_report_activity(STATE_IDLE, NULL);

@@ -123,11 +123,21 @@ remote_wait(int events, TimestampTz deadline, const char *what)
 	CHECK_FOR_INTERRUPTS();
 }
 
+/* The server the next eds_remote_connect() reaches. */
+static const char *remote_server = EDS_SOURCE_SERVER;
+
+/* Whether a foreign server of this name is declared (eds_source_primary is optional). */
+bool
+eds_remote_server_exists(const char *servername)
+{
+	return GetForeignServerByName(servername, true) != NULL;
+}
+
 /* Look up the option lists of the source server and our user mapping. */
 static void
 remote_options(List **server_opts, List **mapping_opts)
 {
-	ForeignServer *server = GetForeignServerByName(EDS_SOURCE_SERVER, true);
+	ForeignServer *server = GetForeignServerByName(remote_server, true);
 	UserMapping *um;
 
 	if (server == NULL)
@@ -143,7 +153,7 @@ remote_options(List **server_opts, List **mapping_opts)
 				(errcode(ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION),
 				 errmsg("role \"%s\" has no user mapping for the ETL source",
 						GetUserNameFromId(GetUserId(), false)),
-				 errhint("Run eds_set_source(...) as this role, or CREATE USER MAPPING FOR it SERVER eds_source.")));
+				 errhint("Run eds_set_source(...) as this role, or CREATE USER MAPPING FOR it SERVER %s.", remote_server)));
 	um = GetUserMapping(GetUserId(), server->serverid);
 	*server_opts = server->options;
 	*mapping_opts = um->options;
@@ -174,6 +184,25 @@ eds_remote_describe(void)
 			appendStringInfo(&buf, "%s%s=%s", buf.len ? " " : "", d->defname, defGetString(d));
 	}
 	return buf.data;
+}
+
+/* Connect to another declared server than eds_source, e.g. eds_source_primary. */
+PGconn *
+eds_remote_connect_to(const char *servername)
+{
+	PGconn	   *volatile conn = NULL;
+
+	remote_server = servername;
+	PG_TRY();
+	{
+		conn = eds_remote_connect();
+	}
+	PG_FINALLY();
+	{
+		remote_server = EDS_SOURCE_SERVER;
+	}
+	PG_END_TRY();
+	return conn;
 }
 
 PGconn *

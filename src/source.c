@@ -24,6 +24,7 @@
 #include "eds.h"
 
 PG_FUNCTION_INFO_V1(eds_set_source);
+PG_FUNCTION_INFO_V1(eds_set_source_primary);
 
 /* Options that make no sense for the ETL's connection. */
 static bool
@@ -35,9 +36,28 @@ source_keyword_refused(const char *keyword)
 		strcmp(keyword, "options") == 0;
 }
 
+static text *declare_server(const char *server, FunctionCallInfo fcinfo);
+
 Datum
 eds_set_source(PG_FUNCTION_ARGS)
 {
+	PG_RETURN_TEXT_P(declare_server("eds_source", fcinfo));
+}
+
+Datum
+eds_set_source_primary(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(declare_server("eds_source_primary", fcinfo));
+}
+
+/*
+ * Parse the conninfo (argument 0) and (re)create the foreign server with a
+ * user mapping for the current user; returns the options without password.
+ */
+static text *
+declare_server(const char *server, FunctionCallInfo fcinfo)
+{
+	const char *fname = strcmp(server, "eds_source") == 0 ? "eds_set_source" : "eds_set_source_primary";
 	char	   *conninfo;
 	char	   *errmsg_libpq = NULL;
 	PQconninfoOption *opts;
@@ -49,13 +69,13 @@ eds_set_source(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("eds_set_source: conninfo must not be null"),
+				 errmsg("%s: conninfo must not be null", fname),
 				 errhint("Pass a libpq connection string such as 'host=127.0.0.1 port=5440 dbname=loans_db user=eds_etl password=...'.")));
 	conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	if (strspn(conninfo, " \t\n\r") == strlen(conninfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("eds_set_source: conninfo is empty"),
+				 errmsg("%s: conninfo is empty", fname),
 				 errdetail("An empty connection string would connect to this server's own defaults."),
 				 errhint("Name the source: 'host=... port=... dbname=... user=... password=...'.")));
 
@@ -68,7 +88,7 @@ eds_set_source(PG_FUNCTION_ARGS)
 			PQfreemem(errmsg_libpq);
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("eds_set_source: invalid connection string"),
+				 errmsg("%s: invalid connection string", fname),
 				 errdetail_internal("%s", msg),
 				 errhint("Use libpq keyword=value pairs, for example 'host=127.0.0.1 port=5440 dbname=loans_db'.")));
 	}
@@ -89,7 +109,7 @@ eds_set_source(PG_FUNCTION_ARGS)
 			PQconninfoFree(opts);
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("eds_set_source: option \"%s\" is not allowed", kw),
+					 errmsg("%s: option \"%s\" is not allowed", fname, kw),
 					 errdetail("eds sets the session options of its ETL connection itself."),
 					 errhint("Remove \"%s\" from the connection string.", kw)));
 		}
@@ -108,15 +128,15 @@ eds_set_source(PG_FUNCTION_ARGS)
 							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	SPI_execute("DROP SERVER IF EXISTS eds_source CASCADE", false, 0);
-	SPI_execute(psprintf("CREATE SERVER eds_source FOREIGN DATA WRAPPER eds_fdw%s%s%s",
+	SPI_execute(psprintf("DROP SERVER IF EXISTS %s CASCADE", server), false, 0);
+	SPI_execute(psprintf("CREATE SERVER %s FOREIGN DATA WRAPPER eds_fdw%s%s%s", server,
 						 server_opts.len ? " OPTIONS (" : "", server_opts.data,
 						 server_opts.len ? ")" : ""), false, 0);
-	SPI_execute(psprintf("CREATE USER MAPPING FOR CURRENT_USER SERVER eds_source%s%s%s",
+	SPI_execute(psprintf("CREATE USER MAPPING FOR CURRENT_USER SERVER %s%s%s%s", server,
 						 mapping_opts.len ? " OPTIONS (" : "", mapping_opts.data,
 						 mapping_opts.len ? ")" : ""), false, 0);
 	SPI_finish();
 	AtEOXact_GUC(true, save_nestlevel);
 
-	PG_RETURN_TEXT_P(cstring_to_text(shown.data));
+	return cstring_to_text(shown.data);
 }

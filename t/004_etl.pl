@@ -368,7 +368,8 @@ $holder->quit;
 $caller->quit;
 like($warehouse->safe_psql('postgres',
 	q{SELECT status || ': ' || error_message FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1}),
-	qr/^failed: canceling statement/, 'a cancelled caller stops the worker, which records the run as failed');
+	qr/^failed: canceled: the caller of eds_run_etl\(\) stopped waiting \(canceling statement due to user request\)/,
+	'a cancelled caller stops the worker, which records the run as failed, with the caller\'s reason');
 is($warehouse->safe_psql('postgres', q{SELECT count(*) FROM warehouse.fact_payments f
 	JOIN warehouse.dim_loan l USING (loan_id) WHERE l.branch_code = 'CANCEL'}), '0',
 	'nothing of the cancelled run is visible');
@@ -418,8 +419,8 @@ is($warehouse->safe_psql('postgres', q{SELECT schedule || ' ' || command FROM cr
 $warehouse->safe_psql('postgres', 'CREATE ROLE watcher LOGIN IN ROLE pg_monitor');
 is($warehouse->safe_psql('postgres', q{SET ROLE watcher;
 	SELECT string_agg(check_name || '=' || status, ',' ORDER BY check_name) FROM eds_health()
-	 WHERE check_name LIKE 'etl%'}), 'etl=ok,etl schedule=ok',
-	'a pg_monitor login sees the ETL and its pg_cron job in eds_health()');
+	 WHERE check_name LIKE 'etl%'}), 'etl=ok,etl schedule=ok,etl window=ok',
+	'a pg_monitor login sees the ETL, its window and its pg_cron job in eds_health()');
 is($warehouse->safe_psql('postgres', 'SELECT eds_unschedule_etl()'), 't', 'eds_unschedule_etl removes it');
 
 done_testing();

@@ -77,7 +77,7 @@ my %source_rows = (
 		FROM operational.loans l JOIN operational.loan_products p USING (product_id)},
 	customers => q{SELECT string_agg(concat_ws('|', customer_id, full_name, city, segment, email), ','
 			ORDER BY customer_id) FROM operational.customers},
-	totals => q{SELECT string_agg(concat_ws('|', l.loan_id, coalesce(sum, 0), coalesce(n, 0)), ',' ORDER BY l.loan_id)
+	totals => q{SELECT string_agg(concat_ws('|', l.loan_id, coalesce(sum, 0)::numeric(30,2), coalesce(n, 0)), ',' ORDER BY l.loan_id)
 		FROM operational.loans l LEFT JOIN (SELECT loan_id, sum(amount), count(*) AS n FROM operational.payments
 			WHERE eds.payment_problem(loan_id, amount, principal_portion, interest_portion, penalty_portion,
 									  payment_date) IS NULL GROUP BY loan_id) p USING (loan_id)});
@@ -93,6 +93,21 @@ my %warehouse_rows = (
 	totals => q{SELECT string_agg(concat_ws('|', loan_id, total_paid, payment_count), ',' ORDER BY loan_id)
 		FROM warehouse.fact_loans});
 
+# Say where two row lists part, so a failure is readable.
+sub first_difference
+{
+	my ($src, $wh) = @_;
+	my @s = split /,/, $src;
+	my @w = split /,/, $wh;
+	for my $i (0 .. ($#s > $#w ? $#s : $#w))
+	{
+		my ($a, $b) = ($s[$i] // '(none)', $w[$i] // '(none)');
+		next if $a eq $b;
+		diag("first difference at row $i: source '$a', warehouse '$b'");
+		return;
+	}
+}
+
 sub exact
 {
 	my ($name, $db, $srcnode, $srcdb) = @_;
@@ -102,7 +117,7 @@ sub exact
 	{
 		my $src = $srcnode->safe_psql($srcdb // 'postgres', $source_rows{$t});
 		my $wh = $warehouse->safe_psql($db, $warehouse_rows{$t});
-		ok($src eq $wh, "$name: warehouse $t equal the source's");
+		ok($src eq $wh, "$name: warehouse $t equal the source's") or first_difference($src, $wh);
 	}
 	is($warehouse->safe_psql($db, 'SELECT count(*) FROM eds_reconcile()'), '0', "$name: eds_reconcile() is clean");
 }
@@ -305,5 +320,31 @@ like($warehouse->safe_psql('w_old', 'SELECT error_detail FROM audit.etl_runs ORD
 	qr/ALTER EXTENSION eds UPDATE/, 'source_version: the hint says what to do');
 $primary->safe_psql('old', 'ALTER EXTENSION eds UPDATE');
 is(run_etl('w_old'), 'success/full', 'source_version: after the update the run goes');
+
+# ---------------------------------------------------------------- a warehouse that reads only a replica
+$warehouse->safe_psql('postgres', 'CREATE DATABASE w_replica');
+$warehouse->safe_psql('w_replica', 'CREATE EXTENSION eds');
+set_source('w_replica', $replica);
+like(run_etl('w_replica'), qr/the ETL source is a replica, and this warehouse is not a consumer of its primary/,
+	'replica_not_consumer: refused while the primary does not know it');
+like($warehouse->safe_psql('w_replica', 'SELECT error_detail FROM audit.etl_runs ORDER BY run_id DESC LIMIT 1'),
+	qr/eds_set_source_primary/, 'replica_not_consumer: the hint says how to declare the primary');
+$warehouse->safe_psql('w_replica', sprintf("SELECT eds_set_source_primary('host=%s port=%d dbname=postgres user=etl password=%s')",
+	$primary->host, $primary->port, $etl_password));
+is(run_etl('w_replica'), 'success/full', 'replica_not_consumer: with the primary declared, the first load runs');
+my $wid = $warehouse->safe_psql('w_replica', q{SELECT system_identifier || '/w_replica' FROM pg_control_system()});
+ok($primary->poll_query_until('postgres', qq{SELECT watermark > '0'::xid8 FROM eds.etl_consumers WHERE consumer = '$wid'}),
+	'replica_not_consumer: the primary records how far it has loaded');
+my $replica_mark = $primary->safe_psql('postgres', qq{SELECT watermark FROM eds.etl_consumers WHERE consumer = '$wid'});
+$primary->safe_psql('postgres', q{UPDATE operational.customers SET city = 'Voi' WHERE customer_id = 12;
+	DELETE FROM operational.payments WHERE payment_id = 20});
+is(run_etl(), 'success/incremental', 'replica_not_consumer: the other warehouse loads from the primary');
+is(run_etl(), 'success/incremental', 'replica_not_consumer: and acknowledges again');
+$primary->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'eds_etl'});
+ok($primary->safe_psql('postgres', qq{SELECT coalesce((SELECT purged_upto FROM eds.change_log_horizon), '0') <= '$replica_mark'::xid8}) eq 't',
+	'replica_not_consumer: the primary does not purge past the replica reader');
+$primary->wait_for_catchup($replica);
+is(run_etl('w_replica'), 'success/incremental', 'replica_not_consumer: the replica reader loads the changes');
+exact('replica_not_consumer', 'w_replica', $replica);
 
 done_testing();
