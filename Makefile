@@ -36,7 +36,7 @@ eds--1.1.sql: eds--1.0.sql eds--1.0--1.1.sql
 	  sed -e '1,/^\\echo /d' eds--1.0--1.1.sql; } > $@
 
 # ---- project commands (the README's two commands) -------------------------
-.PHONY: demo test bench bootstrap dist
+.PHONY: demo test bench bootstrap dist fuzz
 
 bootstrap:
 	bin/eds-bootstrap
@@ -56,6 +56,17 @@ bench:
 	$(MAKE) -s
 	if [ "$$(id -u)" -eq 0 ]; then $(MAKE) -s install; else sudo $(MAKE) -s install; fi
 	bench/run --scale $(SCALE) --reps $(REPS)
+
+# The ETL's differential property test (docs/etl.md): random source
+# histories, the incremental warehouse against a fresh full load.
+# make fuzz [SEEDS=1000] [START=1]; make test runs 200 seeds.
+SEEDS ?= 1000
+START ?= 1
+fuzz:
+	bin/eds-bootstrap
+	$(MAKE) -s
+	if [ "$$(id -u)" -eq 0 ]; then $(MAKE) -s install; else sudo $(MAKE) -s install; fi
+	bin/eds-fuzz --seeds $(SEEDS) --start $(START)
 
 # A PGXN release: eds-<version>.zip of the committed tree.
 dist:
