@@ -10,7 +10,8 @@
  *	  H = xmin(S): every transaction below H has ended, and if it committed
  *	  it is visible in S.  The run loads the keys logged with W <= txid < H
  *	  (W: the warehouse's watermark), reading each row as of S, plus the
- *	  loans and customers those rows point to, from the same S.
+ *	  loans and customers those rows point to that the warehouse lacks,
+ *	  from the same S.
  *	- Staging, merge (eds.load_staged), the new watermark W = H and the run
  *	  row's 'success' commit in ONE warehouse transaction: a crash anywhere
  *	  leaves the previous state, and the next run redoes the same window.
@@ -239,17 +240,42 @@ etl_loan_select(void)
 	"p.payment_method, p.payment_date, p.created_at, p.updated_at"
 
 /*
- * The keys of the window, and every loan and customer they reference, read
- * as of the one snapshot; a key whose row is gone comes back is_deleted.
- * The bounds are literals so the planner can use the txid index.
+ * Context: the loans (or customers) that staged rows point to and that the
+ * warehouse does not hold live, as an array literal, or NULL when there are
+ * none.  Only these are read from the source: a referenced key the
+ * warehouse already holds is resolved there, and its attributes change only
+ * through its own log entries.  The keys are probed one by one (unnest):
+ * they are few against the dimension.
+ */
+#define MISSING_LOANS_SQL \
+	"SELECT array_agg(k)::text " \
+	"FROM unnest(ARRAY(SELECT DISTINCT s.loan_id FROM staging.stg_payments s " \
+	"                  WHERE NOT s.is_deleted AND s.loan_id IS NOT NULL)) AS k " \
+	"WHERE NOT EXISTS (SELECT FROM staging.stg_loans l WHERE l.loan_id = k) " \
+	"AND NOT EXISTS (SELECT FROM warehouse.dim_loan d WHERE d.loan_id = k AND NOT d.is_deleted)"
+#define MISSING_CUSTOMERS_SQL \
+	"SELECT array_agg(k)::text " \
+	"FROM unnest(ARRAY(SELECT DISTINCT l.customer_id FROM staging.stg_loans l " \
+	"                  WHERE NOT l.is_deleted AND l.customer_id IS NOT NULL)) AS k " \
+	"WHERE NOT EXISTS (SELECT FROM staging.stg_customers c WHERE c.customer_id = k) " \
+	"AND NOT EXISTS (SELECT FROM warehouse.dim_customer d " \
+	"                 WHERE d.customer_id = k AND d.is_current AND NOT d.is_deleted)"
+
+/*
+ * The keys of the window, read as of the one snapshot (a key whose row is
+ * gone comes back is_deleted), then the loans and customers they reference
+ * that the warehouse lacks, from the same snapshot.  The bounds are
+ * literals so the planner can use the txid index; each key's row is looked
+ * up by its primary key (a LATERAL subquery that OFFSET 0 keeps from being
+ * flattened into a join), so a run costs what its window holds, whatever
+ * the size of the tables: as a join, the planner read all of payments.
  */
 static void
 etl_extract(const char *from, const char *to, bool everything, int64 *rows)
 {
 	char	   *window;
-	char	   *changed;
-	char	   *loan_keys;
 	char	   *lag_from;
+	char	   *missing;
 
 	/*
 	 * Lag samples are append-only and written by one worker, so a sample id
@@ -277,34 +303,39 @@ etl_extract(const char *from, const char *to, bool everything, int64 *rows)
 	}
 
 	window = psprintf("txid >= '%s'::xid8 AND txid < '%s'::xid8", from, to);
-	changed = psprintf("SELECT table_name, pk, op FROM eds.change_log WHERE %s", window);
-	loan_keys = psprintf("SELECT pk FROM ch WHERE table_name = 'loans' "
-						 "UNION SELECT p.loan_id FROM ch JOIN operational.payments p "
-						 "ON p.payment_id = ch.pk WHERE ch.table_name = 'payments'");
+#define WINDOW_KEYS(table) \
+	"WITH k AS (SELECT DISTINCT pk FROM eds.change_log WHERE table_name = '" table "' AND %s) "
+
+	rows[3] = etl_copy_into("stg_payments", payment_cols, psprintf(
+		WINDOW_KEYS("payments")
+		"SELECT k.pk, " PAYMENT_SELECT ", p.payment_id IS NULL, true "
+		"FROM k LEFT JOIN LATERAL (SELECT * FROM operational.payments p WHERE p.payment_id = k.pk OFFSET 0) p ON true", window));
+	rows[2] = etl_copy_into("stg_loans", loan_cols, psprintf(
+		WINDOW_KEYS("loans")
+		"SELECT k.pk, %s, l.loan_id IS NULL, true "
+		"FROM k LEFT JOIN LATERAL (SELECT * FROM operational.loans l WHERE l.loan_id = k.pk OFFSET 0) l ON true", window, etl_loan_select()));
+	missing = etl_sql(MISSING_LOANS_SQL, 0, NULL);
+	if (missing)
+		rows[2] += etl_copy_into("stg_loans", loan_cols, psprintf(
+			"SELECT k.pk, %s, l.loan_id IS NULL, false "
+			"FROM unnest('%s'::bigint[]) AS k(pk) LEFT JOIN LATERAL (SELECT * FROM operational.loans l WHERE l.loan_id = k.pk OFFSET 0) l ON true",
+			etl_loan_select(), missing));
+	if (missing)
+		pfree(missing);		/* in TopMemoryContext, and may be long */
 
 	rows[1] = etl_copy_into("stg_customers", customer_cols, psprintf(
-		"WITH ch AS (%s), lk AS (%s), "
-		"k AS (SELECT pk, bool_or(t) AS touched FROM ("
-		"  SELECT pk, true AS t FROM ch WHERE table_name = 'customers' "
-		"  UNION ALL SELECT l.customer_id, false FROM lk JOIN operational.loans l ON l.loan_id = lk.pk"
-		") x GROUP BY pk) "
-		"SELECT k.pk, %s, c.customer_id IS NULL, k.touched "
-		"FROM k LEFT JOIN operational.customers c ON c.customer_id = k.pk", changed, loan_keys,
-		etl_customer_select()));
-	rows[2] = etl_copy_into("stg_loans", loan_cols, psprintf(
-		"WITH ch AS (%s), "
-		"k AS (SELECT pk, bool_or(t) AS touched FROM ("
-		"  SELECT pk, true AS t FROM ch WHERE table_name = 'loans' "
-		"  UNION ALL SELECT p.loan_id, false FROM ch JOIN operational.payments p "
-		"  ON p.payment_id = ch.pk WHERE ch.table_name = 'payments'"
-		") x GROUP BY pk) "
-		"SELECT k.pk, %s, l.loan_id IS NULL, k.touched "
-		"FROM k LEFT JOIN operational.loans l ON l.loan_id = k.pk", changed, etl_loan_select()));
-	rows[3] = etl_copy_into("stg_payments", payment_cols, psprintf(
-		"WITH k AS (SELECT pk, true AS touched FROM eds.change_log "
-		"  WHERE table_name = 'payments' AND %s GROUP BY pk) "
-		"SELECT k.pk, " PAYMENT_SELECT ", p.payment_id IS NULL, k.touched "
-		"FROM k LEFT JOIN operational.payments p ON p.payment_id = k.pk", window));
+		WINDOW_KEYS("customers")
+		"SELECT k.pk, %s, c.customer_id IS NULL, true "
+		"FROM k LEFT JOIN LATERAL (SELECT * FROM operational.customers c WHERE c.customer_id = k.pk OFFSET 0) c ON true", window, etl_customer_select()));
+	missing = etl_sql(MISSING_CUSTOMERS_SQL, 0, NULL);
+	if (missing)
+		rows[1] += etl_copy_into("stg_customers", customer_cols, psprintf(
+			"SELECT k.pk, %s, c.customer_id IS NULL, false "
+			"FROM unnest('%s'::bigint[]) AS k(pk) LEFT JOIN LATERAL (SELECT * FROM operational.customers c WHERE c.customer_id = k.pk OFFSET 0) c ON true",
+			etl_customer_select(), missing));
+	if (missing)
+		pfree(missing);
+#undef WINDOW_KEYS
 }
 
 /*
