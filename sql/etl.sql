@@ -3,11 +3,12 @@
 
 -- eds_run_etl() returns once its run has committed; the worker then tells
 -- the source (which purges its change log) and prunes old history.  Checks
--- of that housekeeping wait for the worker to end first.
+-- of that housekeeping wait for the worker to finish it (then it waits idle
+-- for the next run).
 CREATE FUNCTION pg_temp.wait_for_housekeeping() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
 	FOR i IN 1..400 LOOP
-		IF NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'eds etl') THEN
+		IF NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'eds etl' AND state <> 'idle') THEN
 			RETURN true;
 		END IF;
 		PERFORM pg_sleep(0.05);

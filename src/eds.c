@@ -123,6 +123,7 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	eds_lag_worker_init();
+	eds_worker_pool_init();
 
 	MarkGUCPrefixReserved("eds");
 

@@ -59,7 +59,14 @@ extern char *eds_progress_abandoned_why(int64 token);
 /* etl.c: one run, inside the worker */
 extern int	eds_etl_run_retention;
 extern int	eds_max_source_lag;
-extern void eds_etl_run(int64 token);
+extern void eds_etl_run(int64 token, pid_t caller_pid);
+
+/* worker_pool.c: ETL workers that wait for the next run */
+extern int	eds_etl_worker_idle;
+extern void eds_worker_pool_init(void);
+extern char *eds_worker_settings_digest(void);
+extern pid_t eds_worker_pool_hand_over(int64 token, const char *settings);
+extern bool eds_worker_pool_wait(const char *settings, int64 *token, pid_t *caller_pid);
 
 /* lagworker.c */
 extern void eds_lag_worker_init(void);

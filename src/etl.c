@@ -78,6 +78,9 @@ int			eds_max_source_lag = 0;	/* seconds, eds.max_source_lag; 0: no limit */
 
 /* ---------------------------------------------------------------- SPI */
 
+/* The context of the run (worker.c makes one per run): results live there. */
+static MemoryContext etl_run_cxt = NULL;
+
 static void
 etl_begin(void)
 {
@@ -94,12 +97,14 @@ etl_commit(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	/* The commit leaves us in TopMemoryContext: back to the run's. */
+	MemoryContextSwitchTo(etl_run_cxt);
 }
 
 /*
  * Run a statement with text parameters; returns the first column of the
- * first row as text (NULL if none).  The text lives in TopMemoryContext, so
- * it outlives the transaction: the worker is short-lived and these are few.
+ * first row as text (NULL if none).  The text lives in the run's context,
+ * so it outlives the transaction, and goes with the run.
  */
 static char *
 etl_sql(const char *sql, int nargs, const char **args)
@@ -124,7 +129,7 @@ etl_sql(const char *sql, int nargs, const char **args)
 		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
 		if (v)
-			result = MemoryContextStrdup(TopMemoryContext, v);
+			result = MemoryContextStrdup(etl_run_cxt, v);
 	}
 	return result;
 }
@@ -321,7 +326,7 @@ etl_extract(const char *from, const char *to, bool everything, int64 *rows)
 			"FROM unnest('%s'::bigint[]) AS k(pk) LEFT JOIN LATERAL (SELECT * FROM operational.loans l WHERE l.loan_id = k.pk OFFSET 0) l ON true",
 			etl_loan_select(), missing));
 	if (missing)
-		pfree(missing);		/* in TopMemoryContext, and may be long */
+		pfree(missing);			/* may be long */
 
 	rows[1] = etl_copy_into("stg_customers", customer_cols, psprintf(
 		WINDOW_KEYS("customers")
@@ -798,8 +803,26 @@ etl_prune_history(void)
 	etl_commit();
 }
 
+/*
+ * The run's row is committed (success, failure or skip): the caller of
+ * eds_run_etl() may read it and return.  A worker that stays for the next
+ * run does not end, so it must say so.
+ */
+static void
+etl_release_caller(int64 token, pid_t caller_pid)
+{
+	eds_progress_committed(token);
+	if (caller_pid != 0)
+	{
+		PGPROC	   *caller = BackendPidGetProc(caller_pid);
+
+		if (caller)
+			SetLatch(&caller->procLatch);
+	}
+}
+
 void
-eds_etl_run(int64 token)
+eds_etl_run(int64 token, pid_t caller_pid)
 {
 	char	   *token_text = psprintf(INT64_FORMAT, token);
 	char	   *run_id_text;
@@ -807,7 +830,9 @@ eds_etl_run(int64 token)
 	MemoryContext runcxt = CurrentMemoryContext;
 	EtlAcknowledge acknowledge = ACK_NONE;
 
-	/* One run at a time: a session lock, held until this worker exits. */
+	etl_run_cxt = runcxt;
+
+	/* One run at a time: a session lock, held until the run has committed or failed. */
 	etl_begin();
 	if (strcmp(etl_sql("SELECT pg_try_advisory_lock(" CppAsString2(ETL_LOCK_KEY1) ", "
 					   CppAsString2(ETL_LOCK_KEY2) ")::text", 0, NULL), "true") != 0)
@@ -819,6 +844,7 @@ eds_etl_run(int64 token)
 				"coalesce('run ' || max(run_id) || ' was in progress', 'another run was in progress') "
 				"FROM audit.etl_runs WHERE status = 'running'", 1, args);
 		etl_commit();
+		etl_release_caller(token, caller_pid);
 		return;
 	}
 	etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
@@ -850,6 +876,7 @@ eds_etl_run(int64 token)
 		FlushErrorState();
 		eds_remote_disconnect();
 		AbortCurrentTransaction();
+		MemoryContextSwitchTo(runcxt);
 
 		/* A fresh transaction, so the failure survives the rollback. */
 		etl_begin();
@@ -866,11 +893,15 @@ eds_etl_run(int64 token)
 
 			etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
 					"error_message = $2, error_detail = $3, sqlstate = $4 WHERE run_id = $1::bigint", 4, args);
+			/* A session lock: the abort kept it, and this worker may stay for the next run. */
+			etl_sql("SELECT pg_advisory_unlock(" CppAsString2(ETL_LOCK_KEY1) ", "
+					CppAsString2(ETL_LOCK_KEY2) ")::text", 0, NULL);
 		}
 		etl_commit();
 		ereport(LOG,
 				(errmsg("eds ETL run %s failed: %s", run_id_text, edata->message)));
 		eds_progress_end();
+		etl_release_caller(token, caller_pid);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return;
 	}
@@ -887,19 +918,12 @@ eds_etl_run(int64 token)
 			CppAsString2(ETL_LOCK_KEY2) ")::text", 0, NULL);
 	etl_commit();
 	eds_progress_end();
-	eds_progress_committed(token);
-	if (MyBgworkerEntry && MyBgworkerEntry->bgw_notify_pid != 0)
-	{
-		PGPROC	   *caller = BackendPidGetProc(MyBgworkerEntry->bgw_notify_pid);
-
-		if (caller)
-			SetLatch(&caller->procLatch);
-	}
+	etl_release_caller(token, caller_pid);
 	pgstat_report_activity(STATE_RUNNING, psprintf("eds ETL run %s: housekeeping", run_id_text));
 
 	if (acknowledge != ACK_NONE)
 		etl_acknowledge(run_id_text, acknowledge);
-	eds_remote_disconnect();
+	/* The source connection stays for the worker's next run (worker.c ends it). */
 	etl_prune_history();
 	pgstat_report_activity(STATE_IDLE, NULL);
 }

@@ -28,6 +28,7 @@
 #include "storage/fd.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -42,6 +43,13 @@ int			eds_source_connect_timeout = 10;	/* seconds */
 
 static PGconn *remote_conn = NULL;
 static bool remote_fd_acquired = false;
+
+/*
+ * What remote_conn was opened with (server, options, timeout): a worker
+ * that stays between runs reuses the connection while this is unchanged.
+ * In TopMemoryContext, as the connection outlives the run.
+ */
+static char *remote_conn_key = NULL;
 
 /* Copy-out state for eds_remote_copy_read(). */
 static char *copy_buf = NULL;
@@ -62,6 +70,11 @@ eds_remote_disconnect(void)
 	{
 		PQfinish(remote_conn);
 		remote_conn = NULL;
+	}
+	if (remote_conn_key)
+	{
+		pfree(remote_conn_key);
+		remote_conn_key = NULL;
 	}
 	if (remote_fd_acquired)
 	{
@@ -205,6 +218,40 @@ eds_remote_connect_to(const char *servername)
 	return conn;
 }
 
+/*
+ * Whether the open connection was made with these options and still
+ * answers.  A source that restarted, or closed the idle session, fails the
+ * check and is reconnected; a cancel during the check is the run's.
+ */
+static bool
+remote_connection_reusable(const char *key)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = false;
+
+	if (remote_conn == NULL || remote_conn_key == NULL || strcmp(remote_conn_key, key) != 0 ||
+		PQstatus(remote_conn) != CONNECTION_OK || PQtransactionStatus(remote_conn) != PQTRANS_IDLE)
+		return false;
+	PG_TRY();
+	{
+		PQclear(eds_remote_exec("SELECT 1", PGRES_TUPLES_OK, "checking the open connection"));
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			PG_RE_THROW();
+		FlushErrorState();
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return ok;
+}
+
 PGconn *
 eds_remote_connect(void)
 {
@@ -216,8 +263,8 @@ eds_remote_connect(void)
 	ListCell   *lc;
 	bool		has_password = false;
 	TimestampTz deadline;
+	StringInfoData key;
 
-	eds_remote_disconnect();
 	remote_options(&sopts, &uopts);
 
 	keywords = palloc0(sizeof(char *) * (list_length(sopts) + list_length(uopts) + 4));
@@ -244,6 +291,14 @@ eds_remote_connect(void)
 	values[n++] = GetDatabaseEncodingName();
 	keywords[n] = NULL;
 	values[n] = NULL;
+
+	initStringInfo(&key);
+	appendStringInfo(&key, "%s/%d", remote_server, eds_source_timeout);
+	for (int i = 0; i < n; i++)
+		appendStringInfo(&key, "/%s=%s", keywords[i], values[i]);
+	if (remote_connection_reusable(key.data))
+		return remote_conn;
+	eds_remote_disconnect();
 
 	if (!superuser() && !has_password)
 		ereport(ERROR,
@@ -310,6 +365,7 @@ eds_remote_connect(void)
 
 		PQclear(eds_remote_exec(settings, PGRES_COMMAND_OK, "setting up the session"));
 	}
+	remote_conn_key = MemoryContextStrdup(TopMemoryContext, key.data);
 	return remote_conn;
 }
 

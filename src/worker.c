@@ -9,7 +9,9 @@
  * transaction could do.  The caller waits until the run has committed (the
  * worker says so in shared memory and sets the caller's latch) or the
  * worker has ended; the worker's housekeeping after the commit goes on
- * without the caller.  If the caller is cancelled it cancels the worker
+ * without the caller.  A worker then waits a while for the next run
+ * (worker_pool.c): the caller hands its run to such a worker when one of
+ * its database and role waits, and starts one otherwise.  If the caller is cancelled it cancels the worker
  * (SIGINT), which then records the run as failed.  The
  * worker connects to the caller's database as the caller's role, so the
  * user mapping used is the caller's.
@@ -27,11 +29,15 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "storage/procarray.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/wait_event.h"
 
 #include "eds.h"
@@ -49,12 +55,16 @@ void
 eds_etl_worker_main(Datum main_arg)
 {
 	EtlWorkerArgs args;
+	int64		token = DatumGetInt64(main_arg);
+	pid_t		caller_pid = MyBgworkerEntry->bgw_notify_pid;
+	char	   *settings;
 
 	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
 
 	/* SIGINT cancels the running statement (an ERROR we record); SIGTERM ends us. */
 	pqsignal(SIGINT, StatementCancelHandler);
 	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnectionByOid(args.database, args.role, 0);
@@ -63,7 +73,26 @@ eds_etl_worker_main(Datum main_arg)
 	/* Our SQL names its schemas; nothing in public may capture a call. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
-	eds_etl_run(DatumGetInt64(main_arg));
+	/* The settings this worker starts with, as a waiting worker must match. */
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	settings = MemoryContextStrdup(TopMemoryContext, eds_worker_settings_digest());
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	/* Each run in its own memory, so a worker that stays does not grow. */
+	do
+	{
+		MemoryContext runcxt = AllocSetContextCreate(TopMemoryContext, "eds ETL run",
+													 ALLOCSET_DEFAULT_SIZES);
+
+		MemoryContextSwitchTo(runcxt);
+		eds_etl_run(token, caller_pid);
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextDelete(runcxt);
+	} while (eds_worker_pool_wait(settings, &token, &caller_pid));
+
+	eds_remote_disconnect();
 	proc_exit(0);
 }
 
@@ -94,8 +123,8 @@ Datum
 eds_run_etl(PG_FUNCTION_ARGS)
 {
 	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-	BgwHandleStatus status;
+	BackgroundWorkerHandle *handle = NULL;
+	BgwHandleStatus status = BGWH_STARTED;
 	EtlWorkerArgs args;
 	pid_t		pid = 0;
 	int64		token;
@@ -123,31 +152,40 @@ eds_run_etl(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not generate a random token");
 	token &= PG_INT64_MAX;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "eds", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "eds_etl_worker_main", BGW_MAXLEN);
-	strlcpy(worker.bgw_name, "eds ETL worker", BGW_MAXLEN);
-	strlcpy(worker.bgw_type, "eds etl", BGW_MAXLEN);
-	worker.bgw_main_arg = Int64GetDatum(token);
-	args.database = MyDatabaseId;
-	args.role = GetUserId();
-	memcpy(worker.bgw_extra, &args, sizeof(args));
-	worker.bgw_notify_pid = MyProcPid;
+	{
+		char	   *settings = eds_worker_settings_digest();
 
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-				 errmsg("could not start the eds ETL worker"),
-				 errhint("All background worker slots are in use; raise max_worker_processes.")));
+		pid = eds_worker_pool_hand_over(token, settings);
+		pfree(settings);
+	}
+	if (pid == 0)
+	{
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = BGW_NEVER_RESTART;
+		strlcpy(worker.bgw_library_name, "eds", BGW_MAXLEN);
+		strlcpy(worker.bgw_function_name, "eds_etl_worker_main", BGW_MAXLEN);
+		strlcpy(worker.bgw_name, "eds ETL worker", BGW_MAXLEN);
+		strlcpy(worker.bgw_type, "eds etl", BGW_MAXLEN);
+		worker.bgw_main_arg = Int64GetDatum(token);
+		args.database = MyDatabaseId;
+		args.role = GetUserId();
+		memcpy(worker.bgw_extra, &args, sizeof(args));
+		worker.bgw_notify_pid = MyProcPid;
 
-	status = WaitForBackgroundWorkerStartup(handle, &pid);
-	if (status == BGWH_POSTMASTER_DIED)
-		ereport(ERROR,
-				(errcode(ERRCODE_ADMIN_SHUTDOWN),
-				 errmsg("the server stopped before the ETL worker started")));
+		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("could not start the eds ETL worker"),
+					 errhint("All background worker slots are in use; raise max_worker_processes.")));
+
+		status = WaitForBackgroundWorkerStartup(handle, &pid);
+		if (status == BGWH_POSTMASTER_DIED)
+			ereport(ERROR,
+					(errcode(ERRCODE_ADMIN_SHUTDOWN),
+					 errmsg("the server stopped before the ETL worker started")));
+	}
 
 	/* Our cancel stops the worker too, which then records the failure. */
 	PG_TRY();
@@ -155,6 +193,7 @@ eds_run_etl(PG_FUNCTION_ARGS)
 		/*
 		 * Wait until the run's result is committed (the worker then goes on
 		 * with housekeeping we need not wait for) or the worker has ended.
+		 * A worker we handed the run to is watched through its process.
 		 */
 		while (status == BGWH_STARTED && !eds_progress_is_committed(token))
 		{
@@ -162,7 +201,10 @@ eds_run_etl(PG_FUNCTION_ARGS)
 							 100L, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
-			status = GetBackgroundWorkerPid(handle, &pid);
+			if (handle)
+				status = GetBackgroundWorkerPid(handle, &pid);
+			else if (BackendPidGetProc(pid) == NULL)
+				status = BGWH_STOPPED;
 		}
 	}
 	PG_CATCH();

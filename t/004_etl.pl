@@ -2,7 +2,8 @@
 # a warehouse.  Incremental runs with inserts, updates and deletes; a write
 # load during repeated runs; a long transaction that commits after a run;
 # kill -9 of the warehouse and a restart of the primary in the middle of a
-# run; the replica as source; two runs at once; a failed run recorded.
+# run; the replica as source; two runs at once; a failed run recorded; a
+# worker that stays for the next run.
 # After each, eds_reconcile() must be clean and an independent check of
 # counts and money (written here, not by eds) must agree.
 use strict;
@@ -194,7 +195,7 @@ $warehouse->poll_query_until('postgres',
 	q{SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'eds etl' AND wait_event_type = 'Lock'})
   or die 'ETL worker did not reach the load';
 my $worker_pid = $warehouse->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'eds etl'});
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'eds etl' AND wait_event_type = 'Lock'});
 kill 'KILL', $worker_pid;
 # The postmaster restarts every backend after a crash: wait for recovery.
 $warehouse->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die;
@@ -361,8 +362,8 @@ is($warehouse->safe_psql('postgres', 'SELECT phase FROM audit.etl_progress'), 'l
 $warehouse->safe_psql('postgres',
 	q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT status FROM eds_run_etl()%' AND pid <> pg_backend_pid()});
 $warehouse->poll_query_until('postgres',
-	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'eds etl'})
-  or die 'the ETL worker did not stop after the cancel';
+	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'eds etl' AND state <> 'idle'})
+  or die 'the ETL worker did not stop the run after the cancel';
 $holder->query_safe('COMMIT');
 $holder->quit;
 $caller->quit;
@@ -410,6 +411,49 @@ is($warehouse->safe_psql('postgres', 'SELECT source_is_replica FROM audit.etl_ru
 	'f', 'and records that it is now a primary');
 independent_check($replica, 'after the source replica was promoted mid-run');
 set_source($primary);
+
+# ---------------------------------------------------------------- a worker that stays
+# After a run the worker waits (eds.etl_worker_idle) with its source
+# connection; the next run is handed to it, the connection is reused while
+# it answers, and reopened when the source restarted.
+sub etl_worker_pid
+{
+	return $warehouse->safe_psql('postgres',
+		q{SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE backend_type = 'eds etl'});
+}
+sub source_sessions
+{
+	return $primary->safe_psql('postgres',
+		q{SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE usename = 'etl' AND application_name = 'eds_etl'});
+}
+is(run_etl(), 'success/incremental', 'a run to start a worker');
+$warehouse->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'eds etl' AND state = 'idle'})
+  or die 'the ETL worker did not wait for the next run';
+my $waiting = etl_worker_pid();
+my $session = source_sessions();
+like($session, qr/^\d+$/, 'the waiting worker keeps one session on the source');
+$primary->safe_psql('postgres', q{UPDATE operational.loans SET branch_code = 'WARM' WHERE loan_id % 13 = 0});
+is(run_etl(), 'success/incremental', 'a run handed to the waiting worker');
+is(etl_worker_pid(), $waiting, 'the same worker ran it');
+is(source_sessions(), $session, 'over the same source session');
+independent_check($primary, 'after a run in a waiting worker');
+$primary->restart;
+$primary->safe_psql('postgres', q{UPDATE operational.loans SET branch_code = 'AFTER-RESTART' WHERE loan_id % 13 = 0});
+is(run_etl(), 'success/incremental', 'after the source restarted, the waiting worker reconnects and runs');
+isnt(source_sessions(), $session, 'over a new session');
+independent_check($primary, 'after a source restart under a waiting worker');
+# With eds.etl_worker_idle = 0 the worker ends after each run.
+$warehouse->safe_psql('postgres', q{ALTER SYSTEM SET eds.etl_worker_idle = 0; SELECT pg_reload_conf()});
+$warehouse->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'eds etl'})
+  or die 'the waiting worker did not end after eds.etl_worker_idle = 0';
+is(run_etl(), 'success/incremental', 'a run with eds.etl_worker_idle = 0');
+$warehouse->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'eds etl'})
+  or die 'the worker did not end after its run';
+pass('with eds.etl_worker_idle = 0 the worker ends after its run');
+$warehouse->safe_psql('postgres', q{ALTER SYSTEM RESET eds.etl_worker_idle; SELECT pg_reload_conf()});
 
 # ---------------------------------------------------------------- scheduling with pg_cron
 my $job = $warehouse->safe_psql('postgres', q{SELECT eds_schedule_etl('*/15 * * * *')});
