@@ -306,7 +306,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $merge$
 DECLARE
-	p_new bigint; p_changed bigint; p_deleted bigint; p_rejected bigint;
+	p_new bigint; p_changed bigint; p_deleted bigint; p_rejected bigint; p_targets bigint;
 BEGIN
 	IF p_full THEN
 		-- The dimensions grew from nothing: the fact insert must join them by hash.
@@ -335,18 +335,24 @@ BEGIN
 		CREATE INDEX ON eds_payment_target (payment_id);
 	END IF;
 
+	GET DIAGNOSTICS p_targets = ROW_COUNT;
+
 	-- Rows the warehouse cannot take are rejected, with the reason: a
 	-- payment that breaks a rule, or has no target (its loan, or its
-	-- loan's customer, is not on the source).
-	INSERT INTO audit.etl_rejects (run_id, table_name, source_key, reason, row_data)
-	SELECT p_run_id, 'payments', s.payment_id,
-		   coalesce(s.problem, 'its loan is not on the source'),
-		   to_jsonb(s) - 'is_deleted' - 'touched' - 'problem'
-	  FROM staging.stg_payments s
-	 WHERE NOT s.is_deleted
-	   AND (s.problem IS NOT NULL
-			OR NOT EXISTS (SELECT FROM eds_payment_target t WHERE t.payment_id = s.payment_id));
-	GET DIAGNOSTICS p_rejected = ROW_COUNT;
+	-- loan's customer, is not on the source).  When every staged payment
+	-- has its target (a first load, usually) there is nothing to look for.
+	p_rejected := 0;
+	IF p_targets < (SELECT count(*) FROM staging.stg_payments WHERE NOT is_deleted) THEN
+		INSERT INTO audit.etl_rejects (run_id, table_name, source_key, reason, row_data)
+		SELECT p_run_id, 'payments', s.payment_id,
+			   coalesce(s.problem, 'its loan is not on the source'),
+			   to_jsonb(s) - 'is_deleted' - 'touched' - 'problem'
+		  FROM staging.stg_payments s
+		 WHERE NOT s.is_deleted
+		   AND (s.problem IS NOT NULL
+				OR NOT EXISTS (SELECT FROM eds_payment_target t WHERE t.payment_id = s.payment_id));
+		GET DIAGNOSTICS p_rejected = ROW_COUNT;
+	END IF;
 
 	IF p_full THEN
 		-- Nothing existed: every target is new.  Partitions were created bare
@@ -357,9 +363,12 @@ BEGIN
 			 customer_segment, loan_status, branch_code)
 		SELECT * FROM eds_payment_target;
 		GET DIAGNOSTICS p_new = ROW_COUNT;
-		-- The map follows the facts: a reload from scratch starts it anew.
+		-- The map follows the facts: a reload from scratch starts it anew,
+		-- its key built once after the rows (as the partitions' indexes are).
 		TRUNCATE eds.fact_payment_keys;
+		ALTER TABLE eds.fact_payment_keys DROP CONSTRAINT fact_payment_keys_pkey;
 		INSERT INTO eds.fact_payment_keys SELECT payment_id, payment_date FROM eds_payment_target;
+		ALTER TABLE eds.fact_payment_keys ADD CONSTRAINT fact_payment_keys_pkey PRIMARY KEY (payment_id);
 		PERFORM eds.index_fact_partitions();
 		RETURN jsonb_build_object('read', p_payments_read, 'inserted', p_new, 'updated', 0,
 								  'deleted', 0, 'rejected', p_rejected);
