@@ -49,7 +49,7 @@ test:
 	bin/eds-test
 
 # Benchmarks against the dblink pipeline and the COPY limit
-# (docs/performance.md): make bench [SCALE=S|M|L] [REPS=3]
+# (docs/performance.md): make bench [SCALE=S|M|L|XL] [REPS=3]
 SCALE ?= M
 REPS ?= 3
 bench:
