@@ -267,20 +267,46 @@ etl_loan_select(void)
 	"                 WHERE d.customer_id = k AND d.is_current AND NOT d.is_deleted)"
 
 /*
+ * A key's row on the source, looked up by its primary key (a LATERAL
+ * subquery that OFFSET 0 keeps from being flattened into a join: as a join,
+ * the planner read all of payments for a few thousand keys).
+ */
+#define PAYMENT_BY_KEY \
+	"LEFT JOIN LATERAL (SELECT * FROM operational.payments p WHERE p.payment_id = k.pk OFFSET 0) p ON true"
+#define LOAN_BY_KEY \
+	"LEFT JOIN LATERAL (SELECT * FROM operational.loans l WHERE l.loan_id = k.pk OFFSET 0) l ON true"
+#define CUSTOMER_BY_KEY \
+	"LEFT JOIN LATERAL (SELECT * FROM operational.customers c WHERE c.customer_id = k.pk OFFSET 0) c ON true"
+
+/* Stage as context (not touched) the referenced keys missing_sql finds; returns the rows. */
+static int64
+etl_copy_context(const char *stage_table, const char *const *columns, const char *missing_sql,
+				 const char *select_list, const char *by_key)
+{
+	char	   *missing = etl_sql(missing_sql, 0, NULL);
+	int64		rows;
+
+	if (missing == NULL)
+		return 0;
+	rows = etl_copy_into(stage_table, columns, psprintf(
+		"SELECT k.pk, %s, false FROM unnest('%s'::bigint[]) AS k(pk) %s", select_list, missing, by_key));
+	pfree(missing);				/* may be long */
+	return rows;
+}
+
+/*
  * The keys of the window, read as of the one snapshot (a key whose row is
  * gone comes back is_deleted), then the loans and customers they reference
  * that the warehouse lacks, from the same snapshot.  The bounds are
  * literals so the planner can use the txid index; each key's row is looked
- * up by its primary key (a LATERAL subquery that OFFSET 0 keeps from being
- * flattened into a join), so a run costs what its window holds, whatever
- * the size of the tables: as a join, the planner read all of payments.
+ * up by its primary key (*_BY_KEY), so a run costs what its window holds,
+ * whatever the size of the tables.
  */
 static void
 etl_extract(const char *from, const char *to, bool everything, int64 *rows)
 {
 	char	   *window;
 	char	   *lag_from;
-	char	   *missing;
 
 	/*
 	 * Lag samples are append-only and written by one worker, so a sample id
@@ -312,34 +338,18 @@ etl_extract(const char *from, const char *to, bool everything, int64 *rows)
 	"WITH k AS (SELECT DISTINCT pk FROM eds.change_log WHERE table_name = '" table "' AND %s) "
 
 	rows[3] = etl_copy_into("stg_payments", payment_cols, psprintf(
-		WINDOW_KEYS("payments")
-		"SELECT k.pk, " PAYMENT_SELECT ", p.payment_id IS NULL, true "
-		"FROM k LEFT JOIN LATERAL (SELECT * FROM operational.payments p WHERE p.payment_id = k.pk OFFSET 0) p ON true", window));
+		WINDOW_KEYS("payments") "SELECT k.pk, " PAYMENT_SELECT ", p.payment_id IS NULL, true FROM k " PAYMENT_BY_KEY,
+		window));
 	rows[2] = etl_copy_into("stg_loans", loan_cols, psprintf(
-		WINDOW_KEYS("loans")
-		"SELECT k.pk, %s, l.loan_id IS NULL, true "
-		"FROM k LEFT JOIN LATERAL (SELECT * FROM operational.loans l WHERE l.loan_id = k.pk OFFSET 0) l ON true", window, etl_loan_select()));
-	missing = etl_sql(MISSING_LOANS_SQL, 0, NULL);
-	if (missing)
-		rows[2] += etl_copy_into("stg_loans", loan_cols, psprintf(
-			"SELECT k.pk, %s, l.loan_id IS NULL, false "
-			"FROM unnest('%s'::bigint[]) AS k(pk) LEFT JOIN LATERAL (SELECT * FROM operational.loans l WHERE l.loan_id = k.pk OFFSET 0) l ON true",
-			etl_loan_select(), missing));
-	if (missing)
-		pfree(missing);			/* may be long */
-
+		WINDOW_KEYS("loans") "SELECT k.pk, %s, l.loan_id IS NULL, true FROM k " LOAN_BY_KEY,
+		window, etl_loan_select()));
+	rows[2] += etl_copy_context("stg_loans", loan_cols, MISSING_LOANS_SQL,
+								psprintf("%s, l.loan_id IS NULL", etl_loan_select()), LOAN_BY_KEY);
 	rows[1] = etl_copy_into("stg_customers", customer_cols, psprintf(
-		WINDOW_KEYS("customers")
-		"SELECT k.pk, %s, c.customer_id IS NULL, true "
-		"FROM k LEFT JOIN LATERAL (SELECT * FROM operational.customers c WHERE c.customer_id = k.pk OFFSET 0) c ON true", window, etl_customer_select()));
-	missing = etl_sql(MISSING_CUSTOMERS_SQL, 0, NULL);
-	if (missing)
-		rows[1] += etl_copy_into("stg_customers", customer_cols, psprintf(
-			"SELECT k.pk, %s, c.customer_id IS NULL, false "
-			"FROM unnest('%s'::bigint[]) AS k(pk) LEFT JOIN LATERAL (SELECT * FROM operational.customers c WHERE c.customer_id = k.pk OFFSET 0) c ON true",
-			etl_customer_select(), missing));
-	if (missing)
-		pfree(missing);
+		WINDOW_KEYS("customers") "SELECT k.pk, %s, c.customer_id IS NULL, true FROM k " CUSTOMER_BY_KEY,
+		window, etl_customer_select()));
+	rows[1] += etl_copy_context("stg_customers", customer_cols, MISSING_CUSTOMERS_SQL,
+								psprintf("%s, c.customer_id IS NULL", etl_customer_select()), CUSTOMER_BY_KEY);
 #undef WINDOW_KEYS
 }
 
