@@ -16,7 +16,7 @@ PGFILEDESC   = "eds - loan platform audit, ETL and replication health"
 
 # Tests: pg_regress per topic, isolation specs, TAP. Every suite needs eds and
 # pg_cron preloaded, so the SQL suites run on a temporary instance.
-REGRESS      = schema audit post_payment generator privileges etl health security drop_guard
+REGRESS      = schema audit post_payment generator privileges etl continuous health security drop_guard
 REGRESS_OPTS = --temp-config=$(srcdir)/test/eds-regress.conf --temp-instance=./tmp_check_regress --load-extension=eds
 ISOLATION    = read_committed repeatable_read serializable for_update post_payment_race etl_one_at_a_time
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/eds-regress.conf --temp-instance=./tmp_check_iso --load-extension=eds
