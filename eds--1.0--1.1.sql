@@ -1060,6 +1060,12 @@ SELECT s.source_time AS loaded_through,
   LEFT JOIN audit.etl_state s ON true;
 COMMENT ON VIEW warehouse.vw_etl_freshness IS
 	'How fresh the warehouse is: everything committed on the source before loaded_through is loaded (freshness_seconds ago); whether continuous mode is on';
+COMMENT ON COLUMN warehouse.vw_etl_freshness.loaded_through IS 'Every change committed on the source before this time (source clock) is in the warehouse';
+COMMENT ON COLUMN warehouse.vw_etl_freshness.freshness_seconds IS 'Seconds since loaded_through: how far behind the source the warehouse is';
+COMMENT ON COLUMN warehouse.vw_etl_freshness.last_checked_at IS 'When the last ETL run or continuous window ended, whether or not it found changes';
+COMMENT ON COLUMN warehouse.vw_etl_freshness.continuous IS 'Whether continuous ETL mode is on (eds_start_continuous)';
+COMMENT ON COLUMN warehouse.vw_etl_freshness.continuous_every IS 'Continuous mode''s pause after a window that found nothing';
+COMMENT ON COLUMN warehouse.vw_etl_freshness.last_load_at IS 'When the last recorded successful run committed (continuous windows that found nothing are not recorded)';
 GRANT SELECT ON warehouse.vw_etl_freshness TO warehouse_reader;
 GRANT SELECT ON audit.etl_state, audit.etl_continuous TO pg_monitor;
 

@@ -463,8 +463,8 @@ is($warehouse->safe_psql('postgres', q{SELECT schedule || ' ' || command FROM cr
 $warehouse->safe_psql('postgres', 'CREATE ROLE watcher LOGIN IN ROLE pg_monitor');
 is($warehouse->safe_psql('postgres', q{SET ROLE watcher;
 	SELECT string_agg(check_name || '=' || status, ',' ORDER BY check_name) FROM eds_health()
-	 WHERE check_name LIKE 'etl%'}), 'etl=ok,etl schedule=ok,etl window=ok',
-	'a pg_monitor login sees the ETL, its window and its pg_cron job in eds_health()');
+	 WHERE check_name LIKE 'etl%'}), 'etl=ok,etl freshness=ok,etl schedule=ok,etl window=ok',
+	'a pg_monitor login sees the ETL, its window, its freshness and its pg_cron job in eds_health()');
 is($warehouse->safe_psql('postgres', 'SELECT eds_unschedule_etl()'), 't', 'eds_unschedule_etl removes it');
 
 done_testing();
