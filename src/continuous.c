@@ -394,6 +394,14 @@ continuous_read_control(const char *settings, long *every_ms, Oid *run_as)
 		}
 	}
 	SPI_finish();
+	if (state == CONTROL_RUN && !OidIsValid(*run_as))
+	{
+		ereport(LOG,
+				(errmsg("eds continuous ETL in database %u is on, but the role it runs as no longer exists: not started",
+						MyDatabaseId),
+				 errhint("Run SELECT eds_start_continuous() again there as the role the ETL should use.")));
+		state = CONTROL_OFF;
+	}
 	if (state == CONTROL_RUN && settings)
 	{
 		char	   *now_settings = eds_worker_settings_digest();
@@ -450,17 +458,8 @@ continuous_probe(void)
 	long		every_ms;
 	Oid			run_as = InvalidOid;
 
-	if (continuous_read_control(NULL, &every_ms, &run_as) != CONTROL_RUN)
-		return;
-	if (!OidIsValid(run_as))
-	{
-		ereport(LOG,
-				(errmsg("eds continuous ETL in database %u is on, but the role it runs as no longer exists: not started",
-						MyDatabaseId),
-				 errhint("Run SELECT eds_start_continuous() again there as the role the ETL should use.")));
-		return;
-	}
-	(void) continuous_set_wanted(MyDatabaseId, run_as, true);
+	if (continuous_read_control(NULL, &every_ms, &run_as) == CONTROL_RUN)
+		(void) continuous_set_wanted(MyDatabaseId, run_as, true);
 }
 
 /* Wait on our latch up to ms, then take what signals asked. */
@@ -611,6 +610,16 @@ continuous_databases(void)
 	return databases;
 }
 
+static bool
+continuous_database_exists(Oid database)
+{
+	List	   *databases = continuous_databases();
+	bool		found = list_member_oid(databases, database);
+
+	list_free(databases);
+	return found;
+}
+
 static BackgroundWorkerHandle *
 continuous_start_worker(Oid database, Oid role, bool probe)
 {
@@ -694,7 +703,7 @@ continuous_launch(LaunchedWorker *launched)
 			else
 				lw->backoff_ms = Min(Max(lw->backoff_ms * 2, 1000), eds_continuous_max_backoff * 1000L);
 			lw->retry_at = TimestampTzPlusMilliseconds(now, lw->backoff_ms);
-			if (slot.wanted && !list_member_oid(continuous_databases(), slot.database))
+			if (slot.wanted && !continuous_database_exists(slot.database))
 			{
 				/* Dropped (WITH FORCE, or behind our back): nothing to come back to. */
 				SpinLockAcquire(&shared->mutex);
