@@ -5,7 +5,7 @@ EXTVERSION   = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" eds.co
 MODULE_big   = eds
 OBJS         = src/eds.o src/util.o src/audit.o src/row_jsonb.o src/updated_at.o src/drop_guard.o src/capture.o \
                src/remote.o src/etl.o src/worker.o src/progress.o src/source.o src/reconcile.o src/lagworker.o src/encodable.o \
-               src/worker_pool.o
+               src/worker_pool.o src/continuous.o
 DATA         = eds--1.0.sql eds--1.0--1.1.sql
 # The install script of the current version is the released 1.0 script
 # followed by the upgrade scripts, so a fresh install and an upgraded

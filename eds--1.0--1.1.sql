@@ -990,6 +990,80 @@ COMMENT ON FUNCTION eds_reconcile() IS
 	'Compares source and warehouse (counts, sums, per-month payments, digests of every copied customer, loan and payment attribute, fact_loans totals, summaries); returns only the differences, so no rows means clean';
 
 -- ===========================================================================
+-- Continuous ETL: windows back to back, and how fresh the warehouse is
+-- ===========================================================================
+
+-- Continuous mode's wish, kept across restarts: the launcher reads it at
+-- server start and starts the worker where it is on.  One row, always.
+CREATE TABLE audit.etl_continuous (
+	id			integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+	enabled		boolean NOT NULL DEFAULT false,
+	every		interval NOT NULL DEFAULT '1 second'
+		CHECK (every >= '100 milliseconds' AND every <= '1 hour'),
+	run_as		name,
+	started_at	timestamptz,
+	stopped_at	timestamptz,
+	CHECK (NOT enabled OR run_as IS NOT NULL)
+);
+INSERT INTO audit.etl_continuous DEFAULT VALUES;
+COMMENT ON TABLE audit.etl_continuous IS
+	'Continuous ETL mode (eds_start_continuous / eds_stop_continuous): whether it is on, the pause after an empty window, and the role its worker runs as';
+COMMENT ON COLUMN audit.etl_continuous.every IS 'Pause after a window that found nothing to load (a window that loaded something is followed at once by the next)';
+COMMENT ON COLUMN audit.etl_continuous.run_as IS 'The role that started continuous mode: the worker connects as it, so the source user mapping is that role''s';
+
+-- Freshness: what a run's snapshot proves about the source's past.
+ALTER TABLE audit.etl_state ADD COLUMN source_time timestamptz;
+ALTER TABLE audit.etl_state ADD COLUMN checked_at timestamptz;
+ALTER TABLE audit.etl_state ADD COLUMN pending_xmax xid8;
+ALTER TABLE audit.etl_state ADD COLUMN pending_time timestamptz;
+COMMENT ON COLUMN audit.etl_state.source_time IS
+	'Every transaction committed on the source (its primary) before this time is in the warehouse: the source time of the newest snapshot whose changes are all applied';
+COMMENT ON COLUMN audit.etl_state.checked_at IS
+	'When the last run or continuous window ended (warehouse clock), whether or not it found changes';
+COMMENT ON COLUMN audit.etl_state.pending_xmax IS
+	'Internal: xmax of an earlier snapshot not yet covered by the watermark; once the watermark passes it, source_time moves to pending_time';
+COMMENT ON COLUMN audit.etl_state.pending_time IS 'Internal: the source time of the snapshot of pending_xmax';
+
+-- A continuous window is a run like any other; empty ones leave no row, and
+-- a failure repeated while the source stays down is one row counting attempts.
+ALTER TABLE audit.etl_runs ADD COLUMN origin text NOT NULL DEFAULT 'call'
+	CHECK (origin IN ('call', 'continuous'));
+ALTER TABLE audit.etl_runs ADD COLUMN attempts integer NOT NULL DEFAULT 1;
+ALTER TABLE audit.etl_runs ADD COLUMN last_attempt_at timestamptz;
+COMMENT ON COLUMN audit.etl_runs.origin IS
+	'call: eds_run_etl() (by hand or pg_cron); continuous: a window of continuous mode (windows that found nothing are not recorded)';
+COMMENT ON COLUMN audit.etl_runs.attempts IS
+	'A failed continuous window retried with the same error is counted here instead of adding a row per attempt';
+COMMENT ON COLUMN audit.etl_runs.last_attempt_at IS 'The latest of those attempts (NULL: only one)';
+
+CREATE FUNCTION eds_start_continuous(every interval DEFAULT '1 second') RETURNS text
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eds_start_continuous';
+COMMENT ON FUNCTION eds_start_continuous(interval) IS
+	'Turns continuous ETL on for this warehouse database: a background worker runs windows back to back (each the same exact, atomic run as eds_run_etl()), pausing "every" after an empty one; kept across restarts';
+REVOKE ALL ON FUNCTION eds_start_continuous(interval) FROM PUBLIC;
+
+CREATE FUNCTION eds_stop_continuous() RETURNS text
+	LANGUAGE c AS 'MODULE_PATHNAME', 'eds_stop_continuous';
+COMMENT ON FUNCTION eds_stop_continuous() IS
+	'Turns continuous ETL off: the window in progress finishes, no new one starts';
+REVOKE ALL ON FUNCTION eds_stop_continuous() FROM PUBLIC;
+
+-- For Metabase: how far behind the source the warehouse is.
+CREATE VIEW warehouse.vw_etl_freshness AS
+SELECT s.source_time AS loaded_through,
+	   round(extract(epoch FROM now() - s.source_time)::numeric, 1) AS freshness_seconds,
+	   s.checked_at AS last_checked_at,
+	   c.enabled AS continuous,
+	   c.every AS continuous_every,
+	   (SELECT max(r.run_finished_at) FROM audit.etl_runs r WHERE r.status = 'success') AS last_load_at
+  FROM audit.etl_continuous c
+  LEFT JOIN audit.etl_state s ON true;
+COMMENT ON VIEW warehouse.vw_etl_freshness IS
+	'How fresh the warehouse is: everything committed on the source before loaded_through is loaded (freshness_seconds ago); whether continuous mode is on';
+GRANT SELECT ON warehouse.vw_etl_freshness TO warehouse_reader;
+GRANT SELECT ON audit.etl_state, audit.etl_continuous TO pg_monitor;
+
+-- ===========================================================================
 -- Health: a window that stands still while changes wait
 -- ===========================================================================
 -- eds_metrics() reads eds_health(): both are made again.
@@ -1014,6 +1088,10 @@ DECLARE
 	v_etl_age	numeric := eds.setting_number('eds.etl_max_age', 30);
 	-- in seconds whatever unit it was set in (current_setting() shows the unit)
 	v_stall		numeric := coalesce((SELECT ps.setting::numeric FROM pg_settings ps WHERE ps.name = 'eds.etl_stall_warn'), 300);
+	v_fresh_w	numeric := coalesce((SELECT ps.setting::numeric FROM pg_settings ps WHERE ps.name = 'eds.etl_freshness_warn'), 1200);
+	v_fresh_c	numeric := coalesce((SELECT ps.setting::numeric FROM pg_settings ps WHERE ps.name = 'eds.etl_freshness_critical'), 3600);
+	st			record;
+	cm			record;
 	r			record;
 	v_n			bigint;
 	v_m			bigint;
@@ -1154,16 +1232,22 @@ BEGIN
 	-- The ETL, where this database is a warehouse.
 	IF EXISTS (SELECT FROM pg_foreign_server WHERE srvname = 'eds_source') OR EXISTS (SELECT FROM audit.etl_runs) THEN
 		SELECT * INTO r FROM audit.etl_runs er WHERE er.status IN ('success', 'failed') ORDER BY er.run_id DESC LIMIT 1;
+		SELECT * INTO st FROM audit.etl_state;
+		SELECT * INTO cm FROM audit.etl_continuous;
 		check_name := 'etl';
 		IF r IS NULL THEN
 			status := 'warn'; value := 'no run yet';
 			message := 'The ETL source is declared but no run has finished: run SELECT eds_run_etl().';
 		ELSE
+			-- Continuous windows that found nothing leave no run row, only checked_at.
+			v_ts := greatest(r.run_started_at, CASE WHEN r.status = 'success' THEN st.checked_at END);
 			value := format('run %s %s, %s ago', r.run_id, r.status, date_trunc('second', now() - r.run_started_at));
 			IF r.status = 'failed' THEN
 				status := 'critical';
-				message := 'The last ETL run failed: ' || coalesce(r.error_message, '?') || ' (see audit.etl_runs).';
-			ELSIF now() - r.run_started_at > make_interval(mins => v_etl_age::integer) THEN
+				message := 'The last ETL run failed: ' || coalesce(r.error_message, '?') ||
+					CASE WHEN r.attempts > 1 THEN format(' (%s attempts, the last at %s)', r.attempts,
+						date_trunc('second', r.last_attempt_at)) ELSE '' END || ' (see audit.etl_runs).';
+			ELSIF now() - v_ts > make_interval(mins => v_etl_age::integer) THEN
 				status := 'warn';
 				message := format('The last successful run is older than eds.etl_max_age (%s min): is the schedule running?', v_etl_age);
 			ELSE
@@ -1194,8 +1278,44 @@ BEGIN
 			RETURN NEXT;
 		END IF;
 
+		-- Freshness: everything committed on the source before source_time is loaded.
+		IF st.source_time IS NOT NULL THEN
+			check_name := 'etl freshness';
+			value := format('%s s behind the source', round(extract(epoch FROM now() - st.source_time)::numeric, 1));
+			IF now() - st.source_time > make_interval(secs => v_fresh_c::double precision) THEN
+				status := 'critical';
+				message := format('The warehouse misses source changes older than eds.etl_freshness_critical (%s s): '
+								  'check the ETL''s runs (audit.etl_runs) and its schedule or continuous mode.', v_fresh_c);
+			ELSIF now() - st.source_time > make_interval(secs => v_fresh_w::double precision) THEN
+				status := 'warn';
+				message := format('The warehouse misses source changes older than eds.etl_freshness_warn (%s s).', v_fresh_w);
+			ELSE
+				status := 'ok';
+				message := 'The warehouse holds every source change older than that.';
+			END IF;
+			RETURN NEXT;
+		END IF;
+
+		IF cm.enabled THEN
+			check_name := 'etl continuous';
+			SELECT a.pid INTO v_n FROM pg_stat_activity a
+			 WHERE a.backend_type = 'eds continuous' AND a.datid = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+			IF v_n IS NULL THEN
+				status := 'critical'; value := 'on, no worker';
+				message := 'Continuous mode is on but its worker is not running: is eds in shared_preload_libraries? '
+						   'See the server log; SELECT eds_start_continuous() starts it again.';
+			ELSE
+				status := 'ok'; value := format('on, every %s, worker pid %s', cm.every, v_n);
+				message := 'Continuous mode runs ETL windows back to back.';
+			END IF;
+			RETURN NEXT;
+		END IF;
+
 		check_name := 'etl schedule';
-		IF to_regclass('cron.job') IS NULL THEN
+		IF cm.enabled THEN
+			status := 'ok'; value := 'continuous';
+			message := 'Continuous mode loads the warehouse; a pg_cron job is not needed (its runs would wait for the window in progress).';
+		ELSIF to_regclass('cron.job') IS NULL THEN
 			status := 'warn'; value := 'no pg_cron';
 			message := 'pg_cron is not installed here: nothing runs the ETL on a schedule.';
 		ELSIF NOT EXISTS (SELECT FROM cron.job cj WHERE cj.jobname = 'eds_etl') THEN
@@ -1217,7 +1337,7 @@ BEGIN
 END
 $health$;
 COMMENT ON FUNCTION eds_health() IS
-	'Health checks with status ok / warn / critical / unknown and what to do: role, lag sampling, each replica, slots, WAL archiving, the ETL, its window and its schedule';
+	'Health checks with status ok / warn / critical / unknown and what to do: role, lag sampling, each replica, slots, WAL archiving, the ETL, its window, its freshness, continuous mode and its schedule';
 REVOKE ALL ON FUNCTION eds_health() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eds_health() TO pg_monitor;
 
@@ -1248,6 +1368,11 @@ BEGIN ATOMIC
 		UNION ALL
 		SELECT 12, format('eds_replica_up{replica="%s"} %s', c.replica, CASE WHEN c.status = 'missing' THEN 0 ELSE 1 END)
 		  FROM eds.vw_replication_lag_current c
+		UNION ALL SELECT 13, '# HELP eds_etl_freshness_seconds Seconds since the newest source time up to which every committed change is in the warehouse'
+		UNION ALL SELECT 14, '# TYPE eds_etl_freshness_seconds gauge'
+		UNION ALL
+		SELECT 15, format('eds_etl_freshness_seconds %s', round(extract(epoch FROM now() - s.source_time)::numeric, 3))
+		  FROM audit.etl_state s WHERE s.source_time IS NOT NULL
 	) m;
 END;
 COMMENT ON FUNCTION eds_metrics() IS 'eds_health() and per-replica lag in Prometheus text format';
@@ -1327,3 +1452,4 @@ COMMENT ON FUNCTION eds.etl_is_consumer(text) IS
 	'Whether this source (or the primary it replicates) records the given warehouse as a consumer of its change log';
 REVOKE ALL ON FUNCTION eds.etl_is_consumer(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eds.etl_is_consumer(text) TO etl_reader;
+

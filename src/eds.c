@@ -33,6 +33,8 @@ static int	eds_lag_warn_seconds;
 static int	eds_lag_critical_seconds;
 static int	eds_etl_max_age;
 static int	eds_etl_stall_warn;
+static int	eds_etl_freshness_warn;
+static int	eds_etl_freshness_critical;
 
 void		_PG_init(void);
 
@@ -90,6 +92,16 @@ _PG_init(void)
 							&eds_etl_stall_warn, 300, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 
+	DefineCustomIntVariable("eds.etl_freshness_warn",
+							"Age of the newest source time fully loaded after which eds_health() warns.",
+							"The freshness is audit.etl_state.source_time: every change committed on the source before it is in the warehouse.",
+							&eds_etl_freshness_warn, 1200, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("eds.etl_freshness_critical",
+							"Age of the newest source time fully loaded after which eds_health() reports critical.",
+							NULL, &eds_etl_freshness_critical, 3600, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
 	DefineCustomIntVariable("eds.source_timeout",
 							"Longest wait, in seconds, for any answer from the ETL source.",
 							"Also the statement_timeout of the ETL's session on the source.",
@@ -124,6 +136,7 @@ _PG_init(void)
 
 	eds_lag_worker_init();
 	eds_worker_pool_init();
+	eds_continuous_init();
 
 	MarkGUCPrefixReserved("eds");
 

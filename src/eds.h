@@ -59,7 +59,19 @@ extern char *eds_progress_abandoned_why(int64 token);
 /* etl.c: one run, inside the worker */
 extern int	eds_etl_run_retention;
 extern int	eds_max_source_lag;
-extern void eds_etl_run(int64 token, pid_t caller_pid);
+typedef enum EtlOrigin
+{
+	ETL_CALLED,					/* eds_run_etl(), by hand or from pg_cron */
+	ETL_CONTINUOUS				/* a window of continuous mode */
+} EtlOrigin;
+typedef enum EtlOutcome
+{
+	ETL_LOADED,					/* committed, and recorded in audit.etl_runs */
+	ETL_EMPTY,					/* a continuous window that found nothing: not recorded */
+	ETL_BUSY,					/* another run held the lock */
+	ETL_FAILED					/* recorded as failed */
+} EtlOutcome;
+extern EtlOutcome eds_etl_run(int64 token, pid_t caller_pid, EtlOrigin origin);
 
 /* worker_pool.c: ETL workers that wait for the next run */
 extern int	eds_etl_worker_idle;
@@ -67,6 +79,11 @@ extern void eds_worker_pool_init(void);
 extern char *eds_worker_settings_digest(void);
 extern pid_t eds_worker_pool_hand_over(int64 token, const char *settings);
 extern bool eds_worker_pool_wait(const char *settings, int64 *token, pid_t *caller_pid);
+extern void eds_worker_pool_release_database(Oid database);
+
+/* continuous.c: continuous mode's launcher and workers */
+extern void eds_continuous_init(void);
+extern void eds_continuous_forget_database(Oid database);
 
 /* lagworker.c */
 extern void eds_lag_worker_init(void);

@@ -66,6 +66,8 @@ typedef struct SourcePoint
 	bool		is_replica;
 	char	   *lsn;
 	char	   *time;
+	char	   *data_time;		/* the primary's time the snapshot's data is as of */
+	char	   *xmax;			/* xmax of the snapshot, xid8 as text */
 	char	   *purged_upto;	/* NULL: nothing purged */
 	char	   *lag;			/* replica: age of the replayed heartbeat */
 	double		lag_seconds;
@@ -310,13 +312,18 @@ etl_extract(const char *from, const char *to, bool everything, int64 *rows)
 
 	/*
 	 * Lag samples are append-only and written by one worker, so a sample id
-	 * watermark is enough; re-reading the last thousand absorbs a sample a
-	 * manual eds_sample_replication_lag() committed late.
+	 * watermark is enough; re-reading the last thousand of the minute before
+	 * the newest absorbs a sample a manual eds_sample_replication_lag()
+	 * committed late, without re-reading a thousand rows every second in
+	 * continuous mode.
 	 */
-	lag_from = etl_sql("SELECT (coalesce(max(sample_id), 0) - 1000)::text FROM warehouse.replication_lag_history",
+	lag_from = etl_sql("SELECT format('sample_id > %s AND sampled_at > %L::timestamptz - interval ''1 minute''', "
+					   "coalesce(max(h.sample_id), 0) - 1000, coalesce(max(h.sampled_at), '-infinity')) "
+					   "FROM (SELECT sample_id, sampled_at FROM warehouse.replication_lag_history "
+					   "      ORDER BY sample_id DESC LIMIT 1) h",
 					   0, NULL);
 	rows[4] = etl_copy_into("stg_lag_history", NULL, psprintf(
-		"SELECT * FROM eds.replication_lag_history WHERE sample_id > %s", lag_from));
+		"SELECT * FROM eds.replication_lag_history WHERE %s", lag_from));
 
 	rows[0] = etl_copy_into("stg_loan_products", product_cols, psprintf(
 		"SELECT product_id, %s, %s FROM operational.loan_products",
@@ -421,7 +428,14 @@ etl_open_snapshot(SourcePoint *sp)
 						  "(now() - (SELECT max(beat_at) FROM eds.heartbeat))::text END, "
 						  "CASE WHEN pg_is_in_recovery() THEN "
 						  "extract(epoch FROM now() - (SELECT max(beat_at) FROM eds.heartbeat)) END, "
-						  "(SELECT system_identifier::text FROM pg_control_system()) || '/' || current_database()",
+						  "(SELECT system_identifier::text FROM pg_control_system()) || '/' || current_database(), "
+						  /*
+						   * What the data is as of, on the primary's clock: its
+						   * transaction start (before the snapshot), or on a replica
+						   * the newest heartbeat the snapshot holds.
+						   */
+						  "(CASE WHEN pg_is_in_recovery() THEN (SELECT max(beat_at) FROM eds.heartbeat) "
+						  "ELSE now() END)::text, pg_snapshot_xmax(pg_current_snapshot())::text",
 						  PGRES_TUPLES_OK, "taking the snapshot");
 	sp->horizon = pstrdup(PQgetvalue(res, 0, 0));
 	sp->is_replica = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
@@ -431,6 +445,8 @@ etl_open_snapshot(SourcePoint *sp)
 	sp->lag = PQgetisnull(res, 0, 5) ? NULL : pstrdup(PQgetvalue(res, 0, 5));
 	sp->lag_seconds = PQgetisnull(res, 0, 6) ? 0 : strtod(PQgetvalue(res, 0, 6), NULL);
 	sp->source_id = pstrdup(PQgetvalue(res, 0, 7));
+	sp->data_time = PQgetisnull(res, 0, 8) ? NULL : pstrdup(PQgetvalue(res, 0, 8));
+	sp->xmax = pstrdup(PQgetvalue(res, 0, 9));
 	PQclear(res);
 
 	res = eds_remote_exec(WINDOW_HOLDER_SQL, PGRES_TUPLES_OK, "looking for the transaction at the horizon");
@@ -545,6 +561,45 @@ etl_check_source_identity(const char *loaded_from, const SourcePoint *sp)
 					 "is meant to replace it, run SELECT eds_etl_resync() and then eds_run_etl().")));
 }
 
+/*
+ * How fresh the warehouse is (audit.etl_state.source_time): every source
+ * transaction committed before it is loaded.  With no committed change
+ * beyond the horizon ($7 false) that holds for the snapshot's own time
+ * ($5).  Otherwise an earlier snapshot (pending_xmax, pending_time) counts
+ * once the watermark reaches its xmax: every transaction that had committed
+ * by its time has an id below that xmax, so has been loaded.  The newest
+ * snapshot becomes the pending one when none is waiting to be covered.
+ */
+#define FRESHNESS_SQL \
+	"source_time = CASE WHEN NOT $7::boolean THEN greatest(s.source_time, $5::timestamptz) " \
+	"  WHEN s.pending_xmax <= excluded.watermark THEN greatest(s.source_time, s.pending_time) " \
+	"  ELSE s.source_time END, " \
+	"pending_xmax = CASE WHEN NOT $7::boolean OR s.pending_xmax IS NULL OR s.pending_xmax <= excluded.watermark " \
+	"  THEN $6::xid8 ELSE s.pending_xmax END, " \
+	"pending_time = CASE WHEN NOT $7::boolean OR s.pending_xmax IS NULL OR s.pending_xmax <= excluded.watermark " \
+	"  THEN $5::timestamptz ELSE s.pending_time END, "
+
+/*
+ * Empty the staging tables that hold rows.  A continuous window that finds
+ * nothing would otherwise truncate five tables every second: new files and
+ * catalog rows each time.  The two small ones are always refilled, so they
+ * are emptied by DELETE.
+ */
+static void
+etl_clear_staging(void)
+{
+	char	   *full = etl_sql("SELECT concat_ws(', ', "
+							   "CASE WHEN EXISTS (SELECT FROM staging.stg_customers) THEN 'staging.stg_customers' END, "
+							   "CASE WHEN EXISTS (SELECT FROM staging.stg_loans) THEN 'staging.stg_loans' END, "
+							   "CASE WHEN EXISTS (SELECT FROM staging.stg_payments) THEN 'staging.stg_payments' END)",
+							   0, NULL);
+
+	if (full && full[0] != '\0')
+		etl_sql(psprintf("TRUNCATE %s", full), 0, NULL);
+	etl_sql("DELETE FROM staging.stg_loan_products", 0, NULL);
+	etl_sql("DELETE FROM staging.stg_lag_history", 0, NULL);
+}
+
 /* Where a committed run records its extract: nowhere, the source, or the primary behind it. */
 typedef enum EtlAcknowledge
 {
@@ -555,10 +610,11 @@ typedef enum EtlAcknowledge
 
 /*
  * The load transaction: extract, merge, move the watermark, mark success.
- * Returns where to acknowledge what was loaded.
+ * Returns where to acknowledge what was loaded; *recorded says whether the
+ * run row stays (a continuous window that found nothing removes it).
  */
 static EtlAcknowledge
-etl_load(int64 run_id, const char *run_id_text)
+etl_load(int64 run_id, const char *run_id_text, EtlOrigin origin, bool *recorded)
 {
 	TimestampTz t0 = GetCurrentTimestamp();
 	TimestampTz t;
@@ -577,6 +633,7 @@ etl_load(int64 run_id, const char *run_id_text)
 	bool		resync;
 	bool		noop = false;
 	bool		merged = true;
+	bool		quiet;
 	char	   *note = NULL;
 	EtlAcknowledge ack;
 
@@ -639,8 +696,7 @@ etl_load(int64 run_id, const char *run_id_text)
 	}
 	mode = full ? "full" : resync ? "resync" : "incremental";
 
-	SPI_execute("TRUNCATE staging.stg_loan_products, staging.stg_customers, "
-				"staging.stg_loans, staging.stg_payments, staging.stg_lag_history", false, 0);
+	etl_clear_staging();
 
 	t = GetCurrentTimestamp();
 	if (!noop)
@@ -684,20 +740,45 @@ etl_load(int64 run_id, const char *run_id_text)
 				"ON CONFLICT (sample_id) DO NOTHING", false, 0);
 	ms_load = etl_ms_since(t);
 
+	/*
+	 * A continuous window that found nothing: no run row, the state says it
+	 * ran.  But a window that stops at a horizon while changes wait is
+	 * recorded once, so the stall shows (eds_health()'s 'etl window').
+	 */
+	quiet = origin == ETL_CONTINUOUS && !merged && note == NULL;
+	if (quiet && sp.changes_waiting)
+	{
+		const char *args[1] = {sp.horizon};
+
+		quiet = etl_sql("SELECT 1 FROM audit.etl_runs r JOIN audit.etl_state s ON r.run_id = s.last_success_run "
+						"WHERE r.to_txid = $1::xid8", 1, args) != NULL;
+	}
+	*recorded = !quiet;
+
 	eds_progress_phase("finish", NULL);
 	{
-		/* A replica behind us loaded nothing: a pending resync waits for a real run. */
-		const char *state_args[4] = {noop ? watermark : sp.horizon, run_id_text,
+		/*
+		 * A replica behind us loaded nothing: a pending resync waits for a
+		 * real run, and the freshness does not move.
+		 */
+		const char *state_args[7] = {noop ? watermark : sp.horizon, quiet ? NULL : run_id_text,
 			(noop && resync_text && strcmp(resync_text, "true") == 0) ? "true" : "false",
-		sp.source_id};
+			sp.source_id, sp.data_time, sp.xmax, (noop || sp.changes_waiting) ? "true" : "false"};
 
-		etl_sql("INSERT INTO audit.etl_state AS s (id, watermark, resync, source_id, last_success_run) "
-				"VALUES (1, $1::xid8, $3::boolean, $4, $2::bigint) "
+		etl_sql("INSERT INTO audit.etl_state AS s (id, watermark, resync, source_id, last_success_run, "
+				"source_time, checked_at, pending_xmax, pending_time) "
+				"VALUES (1, $1::xid8, $3::boolean, $4, $2::bigint, "
+				"CASE WHEN NOT $7::boolean THEN $5::timestamptz END, clock_timestamp(), $6::xid8, $5::timestamptz) "
 				"ON CONFLICT (id) DO UPDATE SET watermark = excluded.watermark, "
 				"resync = excluded.resync, source_id = excluded.source_id, "
-				"last_success_run = excluded.last_success_run",
-				4, state_args);
+				"last_success_run = coalesce(excluded.last_success_run, s.last_success_run), "
+				FRESHNESS_SQL
+				"checked_at = excluded.checked_at",
+				7, state_args);
 	}
+	if (quiet)
+		etl_sql("DELETE FROM audit.etl_runs WHERE run_id = $1::bigint", 1, &run_id_text);
+	else
 	{
 		char	   *phases = psprintf("{\"connect\": %.1f, \"extract\": %.1f, \"load\": %.1f}",
 									  ms_connect, ms_extract, ms_load);
@@ -831,23 +912,79 @@ etl_release_caller(int64 token, pid_t caller_pid)
 	}
 }
 
-void
-eds_etl_run(int64 token, pid_t caller_pid)
+/*
+ * A call finds the run lock taken.  With continuous mode on that is a
+ * window, a short one: the call waits for it and then runs, so what it
+ * returns includes what was committed before it.  Otherwise (or for a
+ * window) the caller records a skip.  Returns whether the lock is now ours.
+ */
+static bool
+etl_wait_for_window(EtlOrigin origin)
 {
+	if (origin == ETL_CONTINUOUS ||
+		etl_sql("SELECT 1 FROM audit.etl_continuous WHERE enabled", 0, NULL) == NULL)
+		return false;
+	pgstat_report_activity(STATE_RUNNING, "eds ETL: waiting for the continuous window in progress");
+	etl_sql("SELECT pg_advisory_lock(" CppAsString2(ETL_LOCK_KEY1) ", " CppAsString2(ETL_LOCK_KEY2) ")", 0, NULL);
+	return true;
+}
+
+/*
+ * A failed continuous window with the same error as the run before it (the
+ * source still down, say) adds an attempt to that run's row instead of a
+ * row of its own.  Returns whether it did.
+ */
+static bool
+etl_count_repeated_failure(const char *run_id_text, const char *message, const char *sqlstate)
+{
+	const char *args[3] = {run_id_text, message, sqlstate};
+
+	return strcmp(etl_sql("WITH prev AS (SELECT run_id FROM audit.etl_runs "
+						  "  WHERE run_id < $1::bigint AND status IN ('success', 'failed') "
+						  "  ORDER BY run_id DESC LIMIT 1), "
+						  "again AS (UPDATE audit.etl_runs r SET attempts = r.attempts + 1, "
+						  "  last_attempt_at = clock_timestamp() FROM prev "
+						  "  WHERE r.run_id = prev.run_id AND r.status = 'failed' AND r.origin = 'continuous' "
+						  "  AND r.error_message IS NOT DISTINCT FROM $2 AND r.sqlstate IS NOT DISTINCT FROM $3 "
+						  "  RETURNING r.run_id), "
+						  "gone AS (DELETE FROM audit.etl_runs d USING again WHERE d.run_id = $1::bigint "
+						  "  RETURNING d.run_id) "
+						  "SELECT count(*)::text FROM gone", 3, args), "1") == 0;
+}
+
+/* Continuous mode paces its housekeeping: a window a second need not prune a second. */
+#define CONTINUOUS_ACK_EVERY_MS (60 * 1000)
+#define CONTINUOUS_PRUNE_EVERY_MS (10 * 60 * 1000)
+
+EtlOutcome
+eds_etl_run(int64 token, pid_t caller_pid, EtlOrigin origin)
+{
+	static TimestampTz last_acknowledged = 0;
+	static TimestampTz last_pruned = 0;
 	char	   *token_text = psprintf(INT64_FORMAT, token);
 	char	   *run_id_text;
 	int64		run_id;
 	MemoryContext runcxt = CurrentMemoryContext;
 	EtlAcknowledge acknowledge = ACK_NONE;
+	bool		recorded = true;
+	TimestampTz now;
 
 	etl_run_cxt = runcxt;
 
 	/* One run at a time: a session lock, held until the run has committed or failed. */
 	etl_begin();
 	if (strcmp(etl_sql("SELECT pg_try_advisory_lock(" CppAsString2(ETL_LOCK_KEY1) ", "
-					   CppAsString2(ETL_LOCK_KEY2) ")::text", 0, NULL), "true") != 0)
+					   CppAsString2(ETL_LOCK_KEY2) ")::text", 0, NULL), "true") != 0 &&
+		!etl_wait_for_window(origin))
 	{
 		const char *args[1] = {token_text};
+
+		if (origin == ETL_CONTINUOUS)
+		{
+			/* A call's run holds the lock: the next window comes after it. */
+			etl_commit();
+			return ETL_BUSY;
+		}
 
 		etl_sql("INSERT INTO audit.etl_runs (status, request_token, run_finished_at, note) "
 				"SELECT 'skipped', $1::bigint, clock_timestamp(), "
@@ -855,18 +992,19 @@ eds_etl_run(int64 token, pid_t caller_pid)
 				"FROM audit.etl_runs WHERE status = 'running'", 1, args);
 		etl_commit();
 		etl_release_caller(token, caller_pid);
-		return;
+		return ETL_BUSY;
 	}
 	etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
 			"error_message = 'interrupted: the server or the ETL worker stopped during the run' "
 			"WHERE status = 'running'", 0, NULL);
 	{
-		const char *args[1] = {token_text};
+		const char *args[2] = {token != 0 ? token_text : NULL,
+		origin == ETL_CONTINUOUS ? "continuous" : "call"};
 
 		run_id_text = MemoryContextStrdup(runcxt,
-										  etl_sql("INSERT INTO audit.etl_runs (status, request_token) "
-												  "VALUES ('running', $1::bigint) RETURNING run_id::text",
-												  1, args));
+										  etl_sql("INSERT INTO audit.etl_runs (status, request_token, origin) "
+												  "VALUES ('running', $1::bigint, $2) RETURNING run_id::text",
+												  2, args));
 	}
 	etl_commit();
 	run_id = pg_strtoint64(run_id_text);
@@ -875,7 +1013,7 @@ eds_etl_run(int64 token, pid_t caller_pid)
 
 	PG_TRY();
 	{
-		acknowledge = etl_load(run_id, run_id_text);
+		acknowledge = etl_load(run_id, run_id_text, origin, &recorded);
 	}
 	PG_CATCH();
 	{
@@ -901,8 +1039,9 @@ eds_etl_run(int64 token, pid_t caller_pid)
 				edata->message;
 			const char *args[4] = {run_id_text, message, detail, unpack_sql_state(edata->sqlerrcode)};
 
-			etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
-					"error_message = $2, error_detail = $3, sqlstate = $4 WHERE run_id = $1::bigint", 4, args);
+			if (origin != ETL_CONTINUOUS || !etl_count_repeated_failure(run_id_text, message, args[3]))
+				etl_sql("UPDATE audit.etl_runs SET status = 'failed', run_finished_at = clock_timestamp(), "
+						"error_message = $2, error_detail = $3, sqlstate = $4 WHERE run_id = $1::bigint", 4, args);
 			/* A session lock: the abort kept it, and this worker may stay for the next run. */
 			etl_sql("SELECT pg_advisory_unlock(" CppAsString2(ETL_LOCK_KEY1) ", "
 					CppAsString2(ETL_LOCK_KEY2) ")::text", 0, NULL);
@@ -913,7 +1052,7 @@ eds_etl_run(int64 token, pid_t caller_pid)
 		eds_progress_end();
 		etl_release_caller(token, caller_pid);
 		pgstat_report_activity(STATE_IDLE, NULL);
-		return;
+		return ETL_FAILED;
 	}
 	PG_END_TRY();
 
@@ -931,9 +1070,23 @@ eds_etl_run(int64 token, pid_t caller_pid)
 	etl_release_caller(token, caller_pid);
 	pgstat_report_activity(STATE_RUNNING, psprintf("eds ETL run %s: housekeeping", run_id_text));
 
-	if (acknowledge != ACK_NONE)
+	/*
+	 * A window that found nothing has nothing to let the source purge; it
+	 * still tells the source now and then that this consumer is alive.
+	 */
+	now = GetCurrentTimestamp();
+	if (acknowledge != ACK_NONE &&
+		(recorded || TimestampDifferenceExceeds(last_acknowledged, now, CONTINUOUS_ACK_EVERY_MS)))
+	{
 		etl_acknowledge(run_id_text, acknowledge);
+		last_acknowledged = now;
+	}
 	/* The source connection stays for the worker's next run (worker.c ends it). */
-	etl_prune_history();
+	if (origin != ETL_CONTINUOUS || TimestampDifferenceExceeds(last_pruned, now, CONTINUOUS_PRUNE_EVERY_MS))
+	{
+		etl_prune_history();
+		last_pruned = now;
+	}
 	pgstat_report_activity(STATE_IDLE, NULL);
+	return recorded ? ETL_LOADED : ETL_EMPTY;
 }

@@ -87,7 +87,7 @@ eds_etl_worker_main(Datum main_arg)
 													 ALLOCSET_DEFAULT_SIZES);
 
 		MemoryContextSwitchTo(runcxt);
-		eds_etl_run(token, caller_pid);
+		(void) eds_etl_run(token, caller_pid, ETL_CALLED);
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextDelete(runcxt);
 	} while (eds_worker_pool_wait(settings, &token, &caller_pid));

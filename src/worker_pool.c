@@ -23,6 +23,8 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -171,6 +173,30 @@ eds_worker_pool_hand_over(int64 token, const char *settings)
 	if (latch)
 		SetLatch(latch);
 	return pid;
+}
+
+/*
+ * DROP DATABASE: the workers waiting there would make it wait and fail;
+ * they end (a run handed over is still run: its slot is no longer idle).
+ */
+void
+eds_worker_pool_release_database(Oid database)
+{
+	pid_t		pids[POOL_SLOTS];
+	int			n = 0;
+
+	if (pool == NULL)
+		return;
+	SpinLockAcquire(&pool->mutex);
+	for (int i = 0; i < POOL_SLOTS; i++)
+	{
+		if (pool->slots[i].worker_pid != 0 && pool->slots[i].token == 0 &&
+			pool->slots[i].database == database)
+			pids[n++] = pool->slots[i].worker_pid;
+	}
+	SpinLockRelease(&pool->mutex);
+	for (int i = 0; i < n; i++)
+		kill(pids[i], SIGTERM);
 }
 
 /* At exit (SIGTERM while waiting): give the slot back. */

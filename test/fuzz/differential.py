@@ -466,6 +466,7 @@ class History:
         self.dbs = dbs
         self.model = model
         self.rng = random.Random(seed)
+        self.pause_rng = random.Random(-seed)
         self.log = []
         self.step = 0
         self.failures = []          # ETL runs that did not succeed
@@ -638,6 +639,8 @@ class History:
 
     def play(self):
         rng = self.rng
+        if self.opts.continuous:
+            self.start_continuous()
         n_ops = rng.randint(min(10, self.opts.max_ops), self.opts.max_ops)
         runs = collections.Counter(rng.choices(range(n_ops + 1), k=rng.randint(2, 6)))
         for position in range(n_ops + 1):
@@ -646,8 +649,16 @@ class History:
                     self.end_everything()
                 replica = 'replica' in self.opts.categories and rng.random() < 0.3
                 concurrent = 'concurrent' in self.opts.categories and not self.opts.simple and rng.random() < 0.3
+                if self.opts.continuous and self.pause_rng.random() < 0.7:
+                    # Most runs left to the windows: a pause instead.
+                    time.sleep(self.pause_rng.uniform(0.05, 0.25))
+                    continue
                 self.etl('replica' if replica else 'primary', 'run', rng.randint(1, 3) if concurrent else 0)
             if position < n_ops:
+                if self.opts.continuous:
+                    # Room for windows between the steps (its own random, so the
+                    # history is the one the seed plays without --continuous).
+                    time.sleep(self.pause_rng.uniform(0, 0.03))
                 if self.running is not None:
                     # Spread over the run (connect, snapshot, extract, load),
                     # not all before its worker has even started.
@@ -665,6 +676,38 @@ class History:
             self.op_toggle_replay()
         for _ in range(2):
             self.etl('primary', 'final run')
+        if self.opts.continuous:
+            self.stop_continuous()
+
+    def start_continuous(self):
+        """Continuous mode from the start: its windows interleave with every step."""
+        self.set_source(self.wh, 'primary', f'warehouse {self.dbs.wh}')
+        self.wh_source = 'primary'
+        cur = self.wh.cursor()
+        cur.execute("SELECT eds_start_continuous('100 milliseconds')")
+        self.note(f'warehouse {self.dbs.wh}', f'continuous: {cur.fetchone()[0]}')
+
+    def stop_continuous(self):
+        """Off, its worker gone; a failed window is a failure like a failed run."""
+        cur = self.wh.cursor()
+        cur.execute('SELECT eds_stop_continuous()')
+        deadline = time.monotonic() + 60
+        while True:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eds continuous' "
+                        "AND datname = current_database()")
+            if cur.fetchone()[0] == '0':
+                break
+            if time.monotonic() > deadline:
+                self.failures.append('the continuous worker did not stop within 60 s')
+                break
+            time.sleep(0.05)
+        cur.execute("SELECT count(*), count(*) FILTER (WHERE status = 'failed'), "
+                    "string_agg(DISTINCT error_message, '; ') FILTER (WHERE status = 'failed') "
+                    "FROM audit.etl_runs WHERE origin = 'continuous'")
+        windows, failed, errors = cur.fetchone()
+        self.note(f'warehouse {self.dbs.wh}', f'continuous: stopped; {windows} window(s) recorded, {failed} failed')
+        if failed != '0':
+            self.failures.append(f'continuous windows failed: {errors}')
 
     def one_step(self):
         session = self.rng.choice(self.sessions)
@@ -1380,6 +1423,9 @@ def parse_args():
                    help='stop at the first failing seed and keep its servers running')
     p.add_argument('--max-ops', type=int, default=40, metavar='N',
                    help='at most N operations per history (default 40; at least 10 unless N is smaller)')
+    p.add_argument('--continuous', action='store_true',
+                   help='continuous ETL on in the incremental warehouse for the whole history '
+                        '(its windows run between and during the steps and the runs)')
     p.add_argument('--simple', action='store_true',
                    help='no transaction stays open across an ETL run, no run goes on during writes')
     for category, what in CATEGORIES.items():
@@ -1389,6 +1435,7 @@ def parse_args():
     opts.categories = set(CATEGORIES) - set(opts.without or [])
     # A seed's history depends on these too: a replay repeats them.
     opts.history_flags = ''.join(f' --no-{c}' for c in CATEGORIES if c not in opts.categories)
+    opts.history_flags += (' --continuous' if opts.continuous else '')
     opts.history_flags += (' --simple' if opts.simple else '') + \
         (f' --max-ops {opts.max_ops}' if opts.max_ops != 40 else '')
     opts.seed_list = [opts.seed] if opts.seed is not None else range(opts.start, opts.start + opts.seeds)
