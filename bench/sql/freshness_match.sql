@@ -10,7 +10,8 @@
 --   public.bench_fresh_samples (sampled_at, source_time, last_run): once a
 --       second during the run, audit.etl_state.source_time and the newest
 --       successful run, read in one statement.
--- and psql variable first_run (the first load's run_id).
+-- and psql variables first_run (the first load's run_id) and tolerance_ms
+-- (see promise_broken below).
 --
 -- A payment belongs to the run whose window holds its transaction id,
 -- from_txid <= txid < to_txid: that run's commit made it visible, so its
@@ -84,11 +85,21 @@ SELECT 'samples', count(*), 'samples_without_source_time', count(*) FILTER (WHER
 SELECT 'source_time_backwards', count(*) FROM (
 	SELECT source_time < lag(source_time) OVER (ORDER BY sampled_at) AS back FROM public.bench_fresh_samples) s
  WHERE back;
-SELECT 'promise_broken', count(*)
-  FROM fresh_match m
-  JOIN LATERAL (SELECT min_last_run FROM fresh_promise s WHERE s.source_time >= m.committed_at
-                 ORDER BY s.source_time LIMIT 1) s ON true
- WHERE NOT m.matched OR m.run_id > s.min_last_run;
+CREATE TEMP TABLE fresh_broken AS
+	SELECT m.payment_id, m.txid, m.committed_at, m.run_id, s.source_time, s.min_last_run
+	  FROM fresh_match m
+	  JOIN LATERAL (SELECT source_time, min_last_run FROM fresh_promise s WHERE s.source_time >= m.committed_at
+	                 ORDER BY s.source_time LIMIT 1) s ON true
+	 WHERE NOT m.matched OR m.run_id > s.min_last_run;
+-- By how much: source_time - committed_at.  A commit timestamp is taken
+-- before the commit record is flushed (and, with synchronous replication,
+-- before the wait for the standby), and the transaction becomes visible only
+-- after that; a snapshot taken in between does not see it although its
+-- commit timestamp is older.  Misses within :tolerance_ms are counted apart.
+SELECT 'promise_broken', count(*),
+       'promise_broken_by_ms', coalesce(round(max(1000 * extract(epoch FROM source_time - committed_at))::numeric, 1), 0),
+       'promise_broken_beyond_tolerance', count(*) FILTER (WHERE source_time - committed_at > :tolerance_ms * interval '1 millisecond')
+  FROM fresh_broken;
 -- How far behind the source the warehouse says it is (sampled_at - source_time).
 SELECT 'lag_p50', coalesce(round(percentile_cont(0.50) WITHIN GROUP (ORDER BY l)::numeric, 1)::text, '-'),
        'lag_p99', coalesce(round(percentile_cont(0.99) WITHIN GROUP (ORDER BY l)::numeric, 1)::text, '-'),
