@@ -59,6 +59,12 @@ SELECT 'windows_with_payments', count(DISTINCT run_id) FROM fresh_match WHERE ma
 SELECT 'window_ms_p50', coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY
 		1000 * extract(epoch FROM run_finished_at - run_started_at))::numeric, 1), 0)
   FROM fresh_runs WHERE run_id > :first_run;
+-- Pauses between windows that loaded (an empty window in between makes the
+-- worker wait its 'every' before the next): the longest, and how many
+-- exceeded 500 ms.
+SELECT 'gap_max_ms', coalesce(round(max(g)::numeric), 0), 'gaps_over_500ms', count(*) FILTER (WHERE g > 500)
+  FROM (SELECT 1000 * extract(epoch FROM run_started_at - lag(run_finished_at) OVER (ORDER BY run_id)) AS g
+          FROM fresh_runs WHERE run_id > :first_run) s;
 SELECT 'window_rows_p50', coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY rows_read), 0)
   FROM fresh_runs WHERE run_id > :first_run;
 
