@@ -952,7 +952,11 @@ etl_count_repeated_failure(const char *run_id_text, const char *message, const c
 						  "SELECT count(*)::text FROM gone", 3, args), "1") == 0;
 }
 
-/* Continuous mode paces its housekeeping: a window a second need not prune a second. */
+/*
+ * Continuous mode paces its housekeeping: windows back to back need not each
+ * write to the source (the purge it allows can wait seconds) nor prune.
+ */
+#define CONTINUOUS_ACK_LOADED_MS (10 * 1000)
 #define CONTINUOUS_ACK_EVERY_MS (60 * 1000)
 #define CONTINUOUS_PRUNE_EVERY_MS (10 * 60 * 1000)
 
@@ -1071,12 +1075,15 @@ eds_etl_run(int64 token, pid_t caller_pid, EtlOrigin origin)
 	pgstat_report_activity(STATE_RUNNING, psprintf("eds ETL run %s: housekeeping", run_id_text));
 
 	/*
-	 * A window that found nothing has nothing to let the source purge; it
-	 * still tells the source now and then that this consumer is alive.
+	 * A continuous window tells the source what it loaded at most every ten
+	 * seconds (the source purges its change log up to there), one that found
+	 * nothing once a minute, so the source still sees this consumer alive.
 	 */
 	now = GetCurrentTimestamp();
 	if (acknowledge != ACK_NONE &&
-		(recorded || TimestampDifferenceExceeds(last_acknowledged, now, CONTINUOUS_ACK_EVERY_MS)))
+		(origin != ETL_CONTINUOUS ||
+		 TimestampDifferenceExceeds(last_acknowledged, now,
+									recorded ? CONTINUOUS_ACK_LOADED_MS : CONTINUOUS_ACK_EVERY_MS)))
 	{
 		etl_acknowledge(run_id_text, acknowledge);
 		last_acknowledged = now;
